@@ -1,0 +1,216 @@
+// Package cni is flatnet-cni, a CNI 1.1.0 plugin: per attachment a veth
+// pair from the pod's namespace to the node bridge, an address from the
+// built-in IPAM (package ipam) and the pod's routes.
+//
+// Design notes:
+//
+//   - One process per call, started by the runtime in the node's network
+//     namespace; it never execs another plugin (IPAM is built in) and never
+//     switches threads between namespaces: the pod's side is configured
+//     through a netlink handle opened on the pod's namespace.
+//   - ADD is idempotent per (containerID, ifname): a repeated ADD after a
+//     crash gets the same address and replaces its own half-made veth. Any
+//     failure after the address is allocated releases it and removes the veth.
+//   - DEL tolerates a missing namespace, link or allocation, so it can be
+//     repeated. GC releases every allocation and host veth of this network
+//     whose owner is not in cni.dev/valid-attachments.
+//   - The kernel state left behind is described in package podnet, the disk
+//     state in package ipam.
+package cni
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/flatnet-io/flatnet/internal/ipam"
+	"github.com/flatnet-io/flatnet/internal/podnet"
+)
+
+// Plugin-specific error codes (the spec leaves 100 and up to plugins).
+const (
+	ErrRangeExhausted   uint = 100 // no free address in a range set
+	ErrInterfaceExists  uint = 101 // CNI_IFNAME already exists in the pod
+	ErrAddressConflict  uint = 102 // a requested address is taken or out of range
+	ErrAttachmentDrift  uint = 103 // CHECK found the kernel or IPAM state changed
+	ErrDatapathFailure  uint = 104 // the kernel refused a change
+	ErrIPAMStoreFailure uint = types.ErrIOFailure
+)
+
+// SupportedVersions are the CNI spec versions the plugin speaks.
+var SupportedVersions = []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+
+// Main runs the plugin; about is printed when it is started by hand.
+func Main(about string) {
+	skel.PluginMainFuncs(skel.CNIFuncs{
+		Add:    cmdAdd,
+		Del:    cmdDel,
+		Check:  cmdCheck,
+		GC:     cmdGC,
+		Status: cmdStatus,
+	}, version.PluginSupports(SupportedVersions...), about)
+}
+
+// session holds what every verb opens: the handles on the two namespaces
+// and the allocator.
+type session struct {
+	cfg   *Config
+	owner ipam.Owner
+	host  *netlink.Handle
+	pod   *netlink.Handle // nil when the pod's namespace is gone (DEL)
+	podNS netns.NsHandle
+	alloc *ipam.Allocator
+}
+
+// open parses the configuration and opens the handles; requireNS makes a
+// missing pod namespace an error (code 4) rather than a nil pod handle.
+func open(args *skel.CmdArgs, requireNS bool) (*session, error) {
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	s := &session{cfg: cfg, owner: ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName}, podNS: -1}
+	if s.host, err = netlink.NewHandle(); err != nil {
+		return nil, fmt.Errorf("open netlink: %w", err)
+	}
+	if args.Netns != "" {
+		if s.podNS, err = netns.GetFromPath(args.Netns); err != nil {
+			s.podNS = -1
+			if requireNS {
+				s.close()
+				return nil, types.NewError(types.ErrInvalidEnvironmentVariables,
+					fmt.Sprintf("CNI_NETNS=%s: cannot open network namespace", args.Netns), err.Error())
+			}
+		} else if s.pod, err = netlink.NewHandleAt(s.podNS); err != nil {
+			s.close()
+			return nil, fmt.Errorf("open netlink in %s: %w", args.Netns, err)
+		}
+	} else if requireNS {
+		s.close()
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "")
+	}
+	if s.alloc, err = ipam.New(cfg.IPAM); err != nil {
+		s.close()
+		return nil, types.NewError(ErrIPAMStoreFailure, "open IPAM store", err.Error())
+	}
+	return s, nil
+}
+
+func (s *session) close() {
+	if s.alloc != nil {
+		_ = s.alloc.Close()
+	}
+	if s.pod != nil {
+		s.pod.Close()
+	}
+	if s.podNS >= 0 {
+		_ = s.podNS.Close()
+	}
+	if s.host != nil {
+		s.host.Close()
+	}
+}
+
+func cmdAdd(args *skel.CmdArgs) error {
+	s, err := open(args, true)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	cfg := s.cfg
+
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = podnet.UplinkMTU(s.host)
+	}
+	br, err := podnet.EnsureBridge(s.host, podnet.Bridge{Name: cfg.Bridge, MTU: mtu, Gateways: gateways(cfg)})
+	if err != nil {
+		return types.NewError(ErrDatapathFailure, "set up node bridge", err.Error())
+	}
+	if err := podnet.EnableForwarding(cfg.HasFamily(false), cfg.HasFamily(true)); err != nil {
+		return types.NewError(ErrDatapathFailure, "enable forwarding", err.Error())
+	}
+
+	allocs, err := s.alloc.Allocate(s.owner, cfg.RequestedIPs)
+	if err != nil {
+		return ipamError(err)
+	}
+	success := false
+	defer func() {
+		if !success {
+			_ = s.alloc.Release(s.owner)
+		}
+	}()
+
+	pod := podnet.Pod{
+		Network:     cfg.Conf.Name,
+		ContainerID: args.ContainerID,
+		IfName:      args.IfName,
+		MTU:         mtu,
+		MAC:         cfg.MAC,
+		Routes:      cfg.podRoutes(allocs),
+		Hairpin:     cfg.Hairpin,
+	}
+	for _, a := range allocs {
+		pod.Addresses = append(pod.Addresses, a.Prefix())
+	}
+	att, err := podnet.Attach(s.host, s.pod, s.podNS, br, pod)
+	if err != nil {
+		var exists *podnet.InterfaceExistsError
+		if errors.As(err, &exists) {
+			return types.NewError(ErrInterfaceExists, err.Error(), "")
+		}
+		return types.NewError(ErrDatapathFailure, "attach pod", err.Error())
+	}
+	result, err := buildResult(cfg, args, att, allocs, pod.Routes, mtu)
+	if err != nil {
+		_ = podnet.Detach(s.host, s.pod, cfg.Conf.Name, args.ContainerID, args.IfName)
+		return err
+	}
+	success = true
+	return types.PrintResult(result, cfg.Conf.CNIVersion)
+}
+
+func cmdDel(args *skel.CmdArgs) error {
+	s, err := open(args, false)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	detachErr := podnet.Detach(s.host, s.pod, s.cfg.Conf.Name, args.ContainerID, args.IfName)
+	if err := s.alloc.Release(s.owner); err != nil {
+		return types.NewError(ErrIPAMStoreFailure, "release addresses", errors.Join(detachErr, err).Error())
+	}
+	if detachErr != nil {
+		return types.NewError(ErrDatapathFailure, "remove pod interfaces", detachErr.Error())
+	}
+	return nil
+}
+
+func gateways(cfg *Config) []netip.Prefix {
+	var out []netip.Prefix
+	for _, set := range cfg.IPAM.Sets {
+		for _, r := range set {
+			out = append(out, netip.PrefixFrom(r.Gateway, r.Subnet.Bits()))
+		}
+	}
+	return out
+}
+
+func ipamError(err error) error {
+	var exhausted *ipam.ExhaustedError
+	var conflict *ipam.ConflictError
+	switch {
+	case errors.As(err, &exhausted):
+		return types.NewError(ErrRangeExhausted, err.Error(), "")
+	case errors.As(err, &conflict):
+		return types.NewError(ErrAddressConflict, err.Error(), "")
+	}
+	return types.NewError(ErrIPAMStoreFailure, "allocate addresses", err.Error())
+}

@@ -1,0 +1,127 @@
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/vishvananda/netlink"
+
+	"github.com/flatnet-io/flatnet/internal/ipam"
+	"github.com/flatnet-io/flatnet/internal/podnet"
+)
+
+// cmdCheck compares the attachment with the prevResult of its ADD: the pod
+// interface (type, MAC, up), its addresses and routes, the host veth on the
+// bridge, and the IPAM claims.
+func cmdCheck(args *skel.CmdArgs) error {
+	s, err := open(args, true)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	want, err := expectation(s.cfg, args)
+	if err != nil {
+		return err
+	}
+	var problems []string
+	if err := podnet.Verify(s.host, s.pod, want); err != nil {
+		var drift *podnet.DriftError
+		if !errors.As(err, &drift) {
+			return types.NewError(ErrDatapathFailure, "inspect attachment", err.Error())
+		}
+		problems = append(problems, drift.Problems...)
+	}
+	held, err := s.alloc.Lookup(s.owner)
+	if err != nil {
+		return types.NewError(ErrIPAMStoreFailure, "read IPAM store", err.Error())
+	}
+	for _, p := range want.Addresses {
+		if !slices.ContainsFunc(held, func(a ipam.Allocation) bool { return a.Addr == p.Addr() }) {
+			problems = append(problems, fmt.Sprintf("address %s is not allocated to %s in the IPAM store", p.Addr(), s.owner))
+		}
+	}
+	if len(problems) > 0 {
+		return types.NewError(ErrAttachmentDrift, "attachment drifted from its ADD result: "+strings.Join(problems, "; "), "")
+	}
+	return nil
+}
+
+// cmdGC releases every allocation and host veth of this network that does not
+// belong to an attachment in cni.dev/valid-attachments. It goes on past
+// errors and reports them together.
+func cmdGC(args *skel.CmdArgs) error {
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	// A GC without the list would release every live pod's address: refuse.
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(args.StdinData, &keys); err != nil || keys["cni.dev/valid-attachments"] == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "GC needs cni.dev/valid-attachments in the configuration", "")
+	}
+	valid := make(map[ipam.Owner]bool, len(cfg.Conf.ValidAttachments))
+	for _, a := range cfg.Conf.ValidAttachments {
+		valid[ipam.Owner{ContainerID: a.ContainerID, IfName: a.IfName}] = true
+	}
+	alloc, err := ipam.New(cfg.IPAM)
+	if err != nil {
+		return types.NewError(ErrIPAMStoreFailure, "open IPAM store", err.Error())
+	}
+	defer alloc.Close()
+
+	var errs []error
+	if _, err := alloc.GC(func(o ipam.Owner) bool { return valid[o] }); err != nil {
+		errs = append(errs, fmt.Errorf("release stale addresses: %w", err))
+	}
+	host, err := netlink.NewHandle()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("open netlink: %w", err))
+	} else {
+		defer host.Close()
+		keep := func(cid, ifname string) bool { return valid[ipam.Owner{ContainerID: cid, IfName: ifname}] }
+		if _, err := podnet.RemoveStrayVeths(host, cfg.Conf.Name, keep); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return types.NewError(ErrIPAMStoreFailure, "garbage collection incomplete", err.Error())
+	}
+	return nil
+}
+
+// cmdStatus succeeds only when the configuration is valid and the IPAM store
+// can be locked and written; otherwise it answers 50 (not available).
+func cmdStatus(args *skel.CmdArgs) error {
+	notAvailable := func(msg string, err error) error {
+		return types.NewError(types.ErrPluginNotAvailable, msg, err.Error())
+	}
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return notAvailable("invalid network configuration", err)
+	}
+	alloc, err := ipam.New(cfg.IPAM)
+	if err != nil {
+		return notAvailable("IPAM store unusable", err)
+	}
+	defer alloc.Close()
+	st := alloc.Store()
+	if err := st.Lock(); err != nil {
+		return notAvailable("IPAM store cannot be locked", err)
+	}
+	defer func() { _ = st.Unlock() }()
+	probe := filepath.Join(st.Dir(), "ips", fmt.Sprintf(".status-%d", os.Getpid()))
+	if err := os.Symlink("probe", probe); err != nil {
+		return notAvailable("IPAM store is not writable", err)
+	}
+	if err := os.Remove(probe); err != nil {
+		return notAvailable("IPAM store is not writable", err)
+	}
+	return nil
+}
