@@ -86,7 +86,6 @@ func Attach(host, pod *netlink.Handle, podNS netns.NsHandle, br netlink.Link, p 
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = hostName
 	attrs.MTU = p.MTU
-	attrs.Alias = alias
 	attrs.Flags = net.FlagUp
 	attrs.HardwareAddr = randomMAC()
 	attrs.MasterIndex = br.Attrs().Index
@@ -111,6 +110,10 @@ func Attach(host, pod *netlink.Handle, podNS netns.NsHandle, br netlink.Link, p 
 }
 
 func configure(host, pod *netlink.Handle, veth *netlink.Veth, p Pod) (*Attached, error) {
+	// The kernel ignores IFLA_IFALIAS on creation, so the alias is a second step.
+	if err := host.LinkSetAlias(veth, Alias(p.Network, p.ContainerID, p.IfName)); err != nil {
+		return nil, fmt.Errorf("set alias of %s: %w", veth.Name, err)
+	}
 	if p.Hairpin {
 		if err := host.LinkSetHairpin(veth, true); err != nil {
 			return nil, fmt.Errorf("set hairpin on %s: %w", veth.Name, err)
@@ -153,7 +156,8 @@ func removeLeftover(host *netlink.Handle, name, alias string) error {
 	if err != nil {
 		return nil
 	}
-	if link.Attrs().Alias != alias {
+	// An empty alias is our own veth from an ADD that died before setting it.
+	if a := link.Attrs().Alias; a != alias && a != "" {
 		return fmt.Errorf("host interface %s exists and belongs to %q, not to this attachment", name, link.Attrs().Alias)
 	}
 	if err := host.LinkDel(link); err != nil {

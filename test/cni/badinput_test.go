@@ -1,0 +1,144 @@
+package cni_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/flatnet-io/flatnet/internal/cni"
+	"github.com/flatnet-io/flatnet/internal/netns"
+)
+
+// execPlugin runs flatnet-cni by hand inside the node, as a runtime would,
+// and returns its stdout and whether it failed.
+func (n *node) execPlugin(t *testing.T, env map[string]string, stdin string) ([]byte, error) {
+	t.Helper()
+	var stdout bytes.Buffer
+	err := netns.Do(n.ns, func() error {
+		cmd := exec.Command(filepath.Join(pluginDir, "flatnet-cni"))
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+		for k, v := range env {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		cmd.Stdin = strings.NewReader(stdin)
+		cmd.Stdout = &stdout
+		return cmd.Run()
+	})
+	return stdout.Bytes(), err
+}
+
+// Every kind of bad input gets a CNI error with the spec's code on stdout,
+// and leaves no interface or IPAM record behind.
+func TestBadInput(t *testing.T) {
+	n := newNode(t, "1.1.0", flatnetConf)
+	p := n.pod("a")
+	good := func(mod string) string {
+		return fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "fntest", "type": "flatnet-cni", "bridge": "fn0", %s "ipam": {"ranges": [[{"subnet": "10.99.0.0/24"}]], "dataDir": %q}}`, mod, n.dataDir)
+	}
+	env := func(drop string, override ...string) map[string]string {
+		e := map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "bad", "CNI_NETNS": p.NetNS, "CNI_IFNAME": "eth0", "CNI_PATH": pluginDir}
+		delete(e, drop)
+		for i := 0; i+1 < len(override); i += 2 {
+			e[override[i]] = override[i+1]
+		}
+		return e
+	}
+	for _, tc := range []struct {
+		name  string
+		env   map[string]string
+		stdin string
+		code  uint
+		msg   string
+	}{
+		{"malformed JSON", env(""), `{"cniVersion": "1.1.0", "name": `, types.ErrDecodingFailure, ""},
+		{"bad CIDR", env(""), strings.Replace(good(""), "10.99.0.0/24", "10.99.0.0/40", 1), types.ErrInvalidNetworkConfig, "not a valid CIDR"},
+		{"gateway outside subnet", env(""), strings.Replace(good(""), `"10.99.0.0/24"`, `"10.99.0.0/24", "gateway": "10.98.0.1"`, 1), types.ErrInvalidNetworkConfig, "outside subnet"},
+		{"missing CNI_CONTAINERID", env("CNI_CONTAINERID"), good(""), types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID"},
+		{"missing CNI_IFNAME", env("CNI_IFNAME"), good(""), types.ErrInvalidEnvironmentVariables, "CNI_IFNAME"},
+		{"netns does not exist", env("", "CNI_NETNS", "/run/netns/"+prefix+"nope"), good(""), types.ErrInvalidEnvironmentVariables, "CNI_NETNS"},
+		{"unsupported version", env(""), strings.Replace(good(""), `"1.1.0"`, `"0.2.0"`, 1), types.ErrIncompatibleCNIVersion, ""},
+		{"unknown future version", env(""), strings.Replace(good(""), `"1.1.0"`, `"9.0.0"`, 1), types.ErrIncompatibleCNIVersion, ""},
+		{"foreign ipam type", env(""), strings.Replace(good(""), `"ipam": {`, `"ipam": {"type": "dhcp", `, 1), types.ErrUnsupportedField, "ipam.type"},
+		{"interface name too long", env("", "CNI_IFNAME", "eth0-much-too-long"), good(""), types.ErrInvalidEnvironmentVariables, "interface name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := n.execPlugin(t, tc.env, tc.stdin)
+			if err == nil {
+				t.Fatalf("plugin succeeded: %s", out)
+			}
+			var e types.Error
+			if jerr := json.Unmarshal(out, &e); jerr != nil {
+				t.Fatalf("stdout is not a CNI error: %q", out)
+			}
+			if e.Code != tc.code || !strings.Contains(e.Msg+" "+e.Details, tc.msg) {
+				t.Fatalf("got code %d %q (%s), want %d containing %q", e.Code, e.Msg, e.Details, tc.code, tc.msg)
+			}
+			n.assertClean()
+		})
+	}
+
+	t.Run("range exhausted", func(t *testing.T) {
+		tiny := strings.Replace(good(""), "10.99.0.0/24", "10.99.0.0/30", 1) // one usable address
+		ok := env("", "CNI_CONTAINERID", "first")
+		if out, err := n.execPlugin(t, ok, tiny); err != nil {
+			t.Fatalf("first ADD: %v %s", err, out)
+		}
+		second := n.pod("b")
+		out, err := n.execPlugin(t, env("", "CNI_CONTAINERID", "second", "CNI_NETNS", second.NetNS), tiny)
+		var e types.Error
+		if err == nil || json.Unmarshal(out, &e) != nil || e.Code < 100 || !strings.Contains(e.Msg, "10.99.0.0/30") {
+			t.Fatalf("exhausted ADD: err %v, out %s", err, out)
+		}
+		if e.Code != cni.ErrRangeExhausted {
+			t.Fatalf("exhausted ADD code %d, want %d", e.Code, cni.ErrRangeExhausted)
+		}
+		del := env("", "CNI_COMMAND", "DEL", "CNI_CONTAINERID", "first")
+		if out, err := n.execPlugin(t, del, tiny); err != nil {
+			t.Fatalf("DEL: %v %s", err, out)
+		}
+		n.assertClean()
+	})
+}
+
+func TestStatus(t *testing.T) {
+	n := newNode(t, "1.1.0", flatnetConf)
+	if err := n.rt.Status(context.Background()); err != nil {
+		t.Fatalf("STATUS on a usable store: %v", err)
+	}
+	// A data directory that cannot be created makes the plugin unavailable.
+	blocker := filepath.Join(n.dir, "file")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "fntest", "type": "flatnet-cni", "ipam": {"ranges": [[{"subnet": "10.99.0.0/24"}]], "dataDir": %q}}`, blocker+"/ipam")
+	out, err := n.execPlugin(t, map[string]string{"CNI_COMMAND": "STATUS", "CNI_PATH": pluginDir}, conf)
+	var e types.Error
+	if err == nil || json.Unmarshal(out, &e) != nil || e.Code != types.ErrPluginNotAvailable {
+		t.Fatalf("STATUS with an unusable store: err %v, out %s", err, out)
+	}
+	bad := strings.Replace(conf, "10.99.0.0/24", "nonsense", 1)
+	out, err = n.execPlugin(t, map[string]string{"CNI_COMMAND": "STATUS", "CNI_PATH": pluginDir}, bad)
+	if err == nil || json.Unmarshal(out, &e) != nil || e.Code != types.ErrPluginNotAvailable {
+		t.Fatalf("STATUS with an invalid configuration: err %v, out %s", err, out)
+	}
+	// VERSION lists every supported version.
+	out, err = n.execPlugin(t, map[string]string{"CNI_COMMAND": "VERSION"}, `{"cniVersion": "1.1.0"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		CNIVersion        string   `json:"cniVersion"`
+		SupportedVersions []string `json:"supportedVersions"`
+	}
+	if err := json.Unmarshal(out, &v); err != nil || strings.Join(v.SupportedVersions, ",") != "0.3.0,0.3.1,0.4.0,1.0.0,1.1.0" {
+		t.Fatalf("VERSION: %s", out)
+	}
+}

@@ -1,0 +1,80 @@
+package cni_test
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/flatnet-io/flatnet/internal/cni"
+	"github.com/flatnet-io/flatnet/internal/cniruntime"
+	"github.com/flatnet-io/flatnet/internal/ipam"
+	"github.com/flatnet-io/flatnet/internal/podnet"
+	"github.com/flatnet-io/flatnet/internal/probe"
+)
+
+// GC with valid and stale attachments mixed: libcni DELs the stale ones it
+// has cached; the plugin's own GC must release what the runtime forgot (a
+// crashed ADD, an attachment whose cache entry was lost) and never touch a
+// valid attachment.
+func TestGCMixedValidAndStale(t *testing.T) {
+	n := newNode(t, "1.1.0", flatnetConf)
+	a, b, cached, forgotten := n.pod("a"), n.pod("b"), n.pod("cached"), n.pod("forgotten")
+	ipA, ipB := podIP(t, n.add(a)), podIP(t, n.add(b))
+	n.add(cached)
+	n.add(forgotten)
+	// The runtime lost its cache entry for "forgotten": only the plugin can clean it.
+	matches, _ := filepath.Glob(filepath.Join(n.dir, "cache", "results", "*"+forgotten.ID+"*"))
+	if len(matches) != 1 {
+		t.Fatalf("cache entries for %s: %v", forgotten.ID, matches)
+	}
+	if err := os.Remove(matches[0]); err != nil {
+		t.Fatal(err)
+	}
+	// A plugin that crashed right after allocating for "crashed".
+	cfg, err := cni.ParseConfig([]byte(`{"name":"fntest","ipam":{"ranges":[[{"subnet":"10.99.0.0/24"}]],"dataDir":"` + n.dataDir + `"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alloc, err := ipam.New(cfg.IPAM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alloc.Close()
+	if _, err := alloc.Allocate(ipam.Owner{ContainerID: "crashed", IfName: "eth0"}, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	valid := []types.GCAttachment{{ContainerID: a.ID, IfName: "eth0"}, {ContainerID: b.ID, IfName: "eth0"}}
+	if err := n.rt.GC(context.Background(), valid); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+
+	wantVeths := []string{podnet.HostVethName("fntest", a.ID, "eth0"), podnet.HostVethName("fntest", b.ID, "eth0")}
+	gotVeths := n.pluginVeths()
+	slices.Sort(wantVeths)
+	slices.Sort(gotVeths)
+	if !slices.Equal(gotVeths, wantVeths) {
+		t.Fatalf("veths after GC %v, want only those of a and b %v", gotVeths, wantVeths)
+	}
+	if recs := n.records(); len(recs) != 4 || !slices.Contains(recs, "ips/"+ipA) || !slices.Contains(recs, "ips/"+ipB) {
+		t.Fatalf("IPAM records after GC: %v, want only a's and b's", recs)
+	}
+	// The valid pods still work.
+	if _, err := probe.Ping(a.NetNS, netip.MustParseAddr(ipB), 2*time.Second); err != nil {
+		t.Fatalf("a -> b after GC: %v", err)
+	}
+	for _, p := range []cniruntime.Pod{a, b} {
+		if err := n.rt.Check(context.Background(), p); err != nil {
+			t.Fatalf("CHECK %s after GC: %v", p.Name, err)
+		}
+	}
+	n.del(a)
+	n.del(b)
+	n.assertClean()
+}

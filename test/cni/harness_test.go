@@ -1,0 +1,246 @@
+// Package cni_test runs flatnet-cni against the real kernel: every test makes
+// a node (a network namespace holding the bridge) and pods (namespaces), and
+// drives the plugin through libcni exactly as containerd does. Root is needed;
+// without it every test skips with the reason.
+package cni_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+
+	"github.com/flatnet-io/flatnet/internal/cniruntime"
+	"github.com/flatnet-io/flatnet/internal/cnitest"
+	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/podnet"
+)
+
+var (
+	pluginDir  string // flatnet-cni and the reference plugins
+	skipReason string
+	prefix     = fmt.Sprintf("fn-t%d-", os.Getpid()%100000)
+	serial     atomic.Int32
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		skipReason = "real-kernel CNI tests need root (network namespaces, veth, bridges)"
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "flatnet-cni-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if err := cnitest.BuildFlatnet(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := cnitest.BuildReference(dir, "meta/portmap", "meta/bandwidth"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	pluginDir = dir
+	code := m.Run()
+	if left, _ := netns.List(prefix); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "LEAK: network namespaces left behind: %v\n", left)
+		for _, n := range left {
+			_ = netns.Delete(n)
+		}
+		return 1
+	}
+	return code
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+}
+
+// node is one throwaway node: a namespace with the plugin's bridge inside,
+// its own state directory and a libcni runtime bound to a conflist.
+type node struct {
+	t       *testing.T
+	name    string
+	ns      string
+	dir     string
+	dataDir string
+	rt      *cniruntime.Runtime
+}
+
+// flatnetConf is the plugin entry used by most tests, in the issue's form.
+func flatnetConf(dataDir string) string {
+	return fmt.Sprintf(`{"type": "flatnet-cni", "bridge": "fn0", "ipam": {"ranges": [[{"subnet": "10.99.0.0/24"}]], "dataDir": %q}}`, dataDir)
+}
+
+// newNode makes a node whose conflist has the given cniVersion and plugins;
+// plugins receives the IPAM data directory to use.
+func newNode(t *testing.T, cniVersion string, plugins func(dataDir string) string) *node {
+	t.Helper()
+	requireRoot(t)
+	n := &node{t: t, name: fmt.Sprintf("%s%d", prefix, serial.Add(1)), dir: t.TempDir()}
+	n.dataDir = filepath.Join(n.dir, "ipam")
+	var err error
+	if n.ns, err = netns.Create(n.name + "-node"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := netns.Delete(n.name + "-node"); err != nil {
+			t.Error(err)
+		}
+	})
+	conflist := fmt.Sprintf(`{"cniVersion": %q, "name": "fntest", "plugins": [%s]}`, cniVersion, plugins(n.dataDir))
+	if n.rt, err = cniruntime.New(n.ns, []string{pluginDir}, filepath.Join(n.dir, "cache"), []byte(conflist)); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// pod makes a pod namespace, removed when the test ends.
+func (n *node) pod(name string) cniruntime.Pod {
+	n.t.Helper()
+	path, err := netns.Create(n.name + "-" + name)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(func() {
+		if err := netns.Delete(n.name + "-" + name); err != nil {
+			n.t.Error(err)
+		}
+	})
+	return cniruntime.Pod{ID: "ctr-" + name, NetNS: path, Namespace: "default", Name: name, UID: "uid-" + name}
+}
+
+func (n *node) add(p cniruntime.Pod) *current.Result {
+	n.t.Helper()
+	res, err := n.rt.Add(context.Background(), p)
+	if err != nil {
+		n.t.Fatalf("ADD %s: %v", p.Name, err)
+	}
+	r, err := current.NewResultFromResult(res)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return r
+}
+
+func (n *node) del(p cniruntime.Pod) {
+	n.t.Helper()
+	if err := n.rt.Del(context.Background(), p); err != nil {
+		n.t.Fatalf("DEL %s: %v", p.Name, err)
+	}
+}
+
+// handle is a netlink handle on the node's namespace.
+func (n *node) handle() *netlink.Handle {
+	n.t.Helper()
+	return handleAt(n.t, n.ns)
+}
+
+func handleAt(t *testing.T, path string) *netlink.Handle {
+	t.Helper()
+	ns, err := vnetns.GetFromPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+// pluginVeths lists the host veths of the plugin in the node.
+func (n *node) pluginVeths() []string {
+	n.t.Helper()
+	links, err := n.handle().LinkList()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	var out []string
+	for _, l := range links {
+		if _, _, _, ok := podnet.ParseAlias(l.Attrs().Alias); ok {
+			out = append(out, l.Attrs().Name)
+		}
+	}
+	return out
+}
+
+// records lists the IPAM store's claims and owner index entries.
+func (n *node) records() []string {
+	n.t.Helper()
+	var out []string
+	for _, sub := range []string{"ips", "owners"} {
+		entries, err := os.ReadDir(filepath.Join(n.dataDir, "fntest", sub))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			n.t.Fatal(err)
+		}
+		for _, e := range entries {
+			out = append(out, sub+"/"+e.Name())
+		}
+	}
+	return out
+}
+
+// assertClean fails when a veth or IPAM record of the plugin remains.
+func (n *node) assertClean() {
+	n.t.Helper()
+	if v := n.pluginVeths(); len(v) > 0 {
+		n.t.Errorf("host veths left behind: %v", v)
+	}
+	if r := n.records(); len(r) > 0 {
+		n.t.Errorf("IPAM records left behind: %v", r)
+	}
+}
+
+// cniError extracts the CNI error code from what libcni or the plugin returned.
+func cniError(t *testing.T, err error) *types.Error {
+	t.Helper()
+	var e *types.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("got %v (%T), want a CNI error", err, err)
+	}
+	return e
+}
+
+func podIP(t *testing.T, r *current.Result) string {
+	t.Helper()
+	if len(r.IPs) == 0 {
+		t.Fatal("result has no IPs")
+	}
+	return r.IPs[0].Address.IP.String()
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func hasPrefixAny(s string, prefixes ...string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
