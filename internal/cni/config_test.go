@@ -10,10 +10,10 @@ import (
 
 func TestParseConfig(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		json string
-		code uint   // 0: valid
-		msg  string // part of the error text
+		name  string
+		json  string
+		code  uint   // 0: valid
+		msg   string // part of the error text
 		check func(t *testing.T, c *Config)
 	}{
 		{
