@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -97,7 +95,8 @@ func cmdGC(args *skel.CmdArgs) error {
 }
 
 // cmdStatus succeeds only when the configuration is valid and the IPAM store
-// can be locked and written; otherwise it answers 50 (not available).
+// can be opened for writing, locked and read; otherwise it answers 50 (not
+// available).
 func cmdStatus(args *skel.CmdArgs) error {
 	notAvailable := func(msg string, err error) error {
 		return types.NewError(types.ErrPluginNotAvailable, msg, err.Error())
@@ -111,17 +110,8 @@ func cmdStatus(args *skel.CmdArgs) error {
 		return notAvailable("IPAM store unusable", err)
 	}
 	defer alloc.Close()
-	st := alloc.Store()
-	if err := st.Lock(); err != nil {
-		return notAvailable("IPAM store cannot be locked", err)
-	}
-	defer func() { _ = st.Unlock() }()
-	probe := filepath.Join(st.Dir(), "ips", fmt.Sprintf(".status-%d", os.Getpid()))
-	if err := os.Symlink("probe", probe); err != nil {
-		return notAvailable("IPAM store is not writable", err)
-	}
-	if err := os.Remove(probe); err != nil {
-		return notAvailable("IPAM store is not writable", err)
+	if _, err := alloc.Snapshot(); err != nil { // locks the store and reads its state
+		return notAvailable("IPAM store unusable", err)
 	}
 	return nil
 }

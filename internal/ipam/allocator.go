@@ -1,9 +1,9 @@
 package ipam
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -67,113 +67,90 @@ func (a *Allocator) Store() *Store { return a.store }
 // Close releases the store.
 func (a *Allocator) Close() error { return a.store.Close() }
 
-// locked runs fn under the store lock.
-func (a *Allocator) locked(fn func() error) error {
+// update runs fn on the current state under the store lock and saves the
+// state when fn reports a change: every call is one atomic commit.
+func (a *Allocator) update(fn func(st *State) (changed bool, err error)) error {
 	if err := a.store.Lock(); err != nil {
 		return err
 	}
 	defer func() { _ = a.store.Unlock() }()
-	return fn()
+	st, err := a.store.Load()
+	if err != nil {
+		return err
+	}
+	changed, err := fn(st)
+	if err != nil || !changed {
+		return err
+	}
+	return a.store.Save(st)
 }
 
 // Allocate gives owner o one address from every range set. It is idempotent:
-// an owner that already holds (or was about to claim, before a crash) an
-// address in a set gets that same address again. requested lists addresses
-// the runtime asked for (the "ips" capability); each must lie in one set.
-// On error nothing newly claimed by this call is left behind.
+// an owner that already holds an address in a set gets that same address
+// again. requested lists addresses the runtime asked for (the "ips"
+// capability); each must lie in one set. On error nothing is changed.
 func (a *Allocator) Allocate(o Owner, requested []netip.Addr) ([]Allocation, error) {
 	var out []Allocation
-	err := a.locked(func() error {
+	err := a.update(func(st *State) (bool, error) {
 		want := make(map[int]netip.Addr)
 		for _, r := range requested {
 			set := a.setOf(r)
 			if set < 0 {
-				return &ConflictError{Addr: r, Reason: "is in no configured range"}
+				return false, &ConflictError{Addr: r, Reason: "is in no configured range"}
 			}
 			if _, dup := want[set]; dup {
-				return &ConflictError{Addr: r, Reason: "is a second address for one range set"}
+				return false, &ConflictError{Addr: r, Reason: "is a second address for one range set"}
 			}
 			want[set] = r
 		}
-		var fresh []netip.Addr
+		changed := false
 		for set := range a.cfg.Sets {
-			alloc, isNew, err := a.allocateInSet(o, set, want[set])
+			addr, fresh, err := a.allocateInSet(st, o, set, want[set])
 			if err != nil {
-				for _, addr := range fresh {
-					_ = a.store.Unclaim(addr)
-				}
-				return err
+				return false, err
 			}
-			if isNew {
-				fresh = append(fresh, alloc.Addr)
-			}
-			out = append(out, alloc)
+			changed = changed || fresh
+			out = append(out, a.allocation(set, addr))
 		}
-		return nil
+		return changed, nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
-func (a *Allocator) allocateInSet(o Owner, set int, requested netip.Addr) (Allocation, bool, error) {
-	prev, ok, err := a.store.Index(o, set)
+func (a *Allocator) allocateInSet(st *State, o Owner, set int, requested netip.Addr) (netip.Addr, bool, error) {
+	if prev, ok := st.Held(o, set); ok {
+		if !requested.IsValid() || requested == prev {
+			return prev, false, nil
+		}
+		delete(st.Claims, prev) // the runtime now asks for another address
+	}
+	if requested.IsValid() {
+		if !a.allocatable(set, requested) {
+			return netip.Addr{}, false, &ConflictError{Addr: requested, Reason: "is reserved (gateway, network, broadcast or configured reserved address)"}
+		}
+		if c, held := st.Claims[requested]; held {
+			return netip.Addr{}, false, &ConflictError{Addr: requested, Reason: "is already allocated to " + c.Owner.String()}
+		}
+		st.Claims[requested] = Claim{Owner: o, Set: set}
+		return requested, true, nil
+	}
+	addr, err := a.nextFree(st, set)
 	if err != nil {
-		return Allocation{}, false, err
+		return netip.Addr{}, false, err
 	}
-	if ok && (!requested.IsValid() || requested == prev) {
-		holder, held, err := a.store.Holder(prev)
-		if err != nil {
-			return Allocation{}, false, err
-		}
-		switch {
-		case held && holder == o:
-			return a.allocation(set, prev), false, nil
-		case !held && a.allocatable(set, prev):
-			// The index was written but the claim was not (crash in between).
-			if claimed, err := a.store.Claim(prev, o); err != nil || claimed {
-				return a.allocation(set, prev), claimed, err
-			}
-		}
-		// Stale entry (address now held by someone else): allocate afresh.
-	}
-	candidate := requested
-	if candidate.IsValid() {
-		if !a.allocatable(set, candidate) {
-			return Allocation{}, false, &ConflictError{Addr: candidate, Reason: "is reserved (gateway, network, broadcast or configured reserved address)"}
-		}
-		if holder, held, err := a.store.Holder(candidate); err != nil {
-			return Allocation{}, false, err
-		} else if held && holder != o {
-			return Allocation{}, false, &ConflictError{Addr: candidate, Reason: "is already allocated to " + holder.String()}
-		}
-	} else {
-		candidate, err = a.nextFree(set)
-		if err != nil {
-			return Allocation{}, false, err
-		}
-	}
-	// Index first, then claim: see the package doc.
-	if err := a.store.SetIndex(o, set, candidate); err != nil {
-		return Allocation{}, false, err
-	}
-	claimed, err := a.store.Claim(candidate, o)
-	if err != nil {
-		return Allocation{}, false, err
-	}
-	if !requested.IsValid() {
-		if err := a.store.SetLastReserved(set, candidate); err != nil {
-			return Allocation{}, false, err
-		}
-	}
-	return a.allocation(set, candidate), claimed, nil
+	st.Claims[addr] = Claim{Owner: o, Set: set}
+	st.Cursors[set] = addr
+	return addr, true, nil
 }
 
 // nextFree walks the set round-robin from the address after the cursor.
-func (a *Allocator) nextFree(set int) (netip.Addr, error) {
+func (a *Allocator) nextFree(st *State, set int) (netip.Addr, error) {
 	rs := a.cfg.Sets[set]
 	ri, cur := 0, rs[0].Start.Prev()
-	if last, ok, err := a.store.LastReserved(set); err != nil {
-		return netip.Addr{}, err
-	} else if ok {
+	if last, ok := st.Cursors[set]; ok {
 		for i := range rs {
 			if rs[i].Contains(last) {
 				ri, cur = i, last
@@ -193,14 +170,7 @@ func (a *Allocator) nextFree(set int) (netip.Addr, error) {
 		} else if ri == firstRange && cur == first {
 			return netip.Addr{}, &ExhaustedError{Set: rs} // a whole cycle, nothing free
 		}
-		if !a.allocatable(set, cur) {
-			continue
-		}
-		_, held, err := a.store.Holder(cur)
-		if err != nil {
-			return netip.Addr{}, err
-		}
-		if !held {
+		if _, held := st.Claims[cur]; !held && a.allocatable(set, cur) {
 			return cur, nil
 		}
 	}
@@ -217,12 +187,7 @@ func (a *Allocator) allocatable(set int, addr netip.Addr) bool {
 		}
 		in = in || r.Contains(addr)
 	}
-	for _, r := range a.cfg.Reserved {
-		if r == addr {
-			return false
-		}
-	}
-	return in
+	return in && !slices.Contains(a.cfg.Reserved, addr)
 }
 
 func (a *Allocator) setOf(addr netip.Addr) int {
@@ -248,82 +213,49 @@ func (a *Allocator) allocation(set int, addr netip.Addr) Allocation {
 // Lookup returns the addresses owner o holds, without changing anything.
 func (a *Allocator) Lookup(o Owner) ([]Allocation, error) {
 	var out []Allocation
-	err := a.locked(func() error {
+	err := a.update(func(st *State) (bool, error) {
 		for set := range a.cfg.Sets {
-			addr, ok, err := a.store.Index(o, set)
-			if err != nil || !ok {
-				return err
-			}
-			if holder, held, err := a.store.Holder(addr); err != nil {
-				return err
-			} else if held && holder == o {
+			if addr, ok := st.Held(o, set); ok {
 				out = append(out, a.allocation(set, addr))
 			}
 		}
-		return nil
+		return false, nil
 	})
 	return out, err
 }
 
 // Release frees everything owner o holds; releasing nothing is not an error.
 func (a *Allocator) Release(o Owner) error {
-	return a.locked(func() error {
-		for set := range a.cfg.Sets {
-			if err := a.releaseSet(o, set); err != nil {
-				return err
+	return a.update(func(st *State) (bool, error) {
+		changed := false
+		for addr, c := range st.Claims {
+			if c.Owner == o {
+				delete(st.Claims, addr)
+				changed = true
 			}
 		}
-		return nil
+		return changed, nil
 	})
 }
 
-func (a *Allocator) releaseSet(o Owner, set int) error {
-	addr, ok, err := a.store.Index(o, set)
-	if err != nil {
-		return err
-	}
-	if ok {
-		if holder, held, err := a.store.Holder(addr); err != nil {
-			return err
-		} else if held && holder == o {
-			if err := a.store.Unclaim(addr); err != nil {
-				return err
+// GC releases every claim whose owner valid rejects, and returns them.
+func (a *Allocator) GC(valid func(Owner) bool) (map[netip.Addr]Claim, error) {
+	released := map[netip.Addr]Claim{}
+	err := a.update(func(st *State) (bool, error) {
+		for addr, c := range st.Claims {
+			if !valid(c.Owner) {
+				released[addr] = c
+				delete(st.Claims, addr)
 			}
 		}
-	}
-	return a.store.DropIndex(o, set)
-}
-
-// GC releases every claim and index entry whose owner valid rejects, and
-// returns the released claims. It goes on past errors and returns them joined.
-func (a *Allocator) GC(valid func(Owner) bool) ([]Record, error) {
-	var released []Record
-	err := a.locked(func() error {
-		var errs []error
-		claims, err := a.store.Claims()
-		if err != nil {
-			return err
-		}
-		for _, c := range claims {
-			if c.Owner != (Owner{}) && valid(c.Owner) {
-				continue
-			}
-			if err := a.store.Unclaim(c.Addr); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			released = append(released, c)
-		}
-		idx, err := a.store.Indexes()
-		if err != nil {
-			return errors.Join(append(errs, err)...)
-		}
-		for _, e := range idx {
-			if !valid(e.Owner) {
-				errs = append(errs, a.store.DropIndex(e.Owner, e.Set))
-			}
-		}
-		return errors.Join(errs...)
+		return len(released) > 0, nil
 	})
 	return released, err
+}
+
+// Snapshot returns the stored state (for tests and diagnostics).
+func (a *Allocator) Snapshot() (*State, error) {
+	var out *State
+	err := a.update(func(st *State) (bool, error) { out = st; return false, nil })
+	return out, err
 }

@@ -1,12 +1,16 @@
 package ipam
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
-	"io/fs"
+	"hash/crc32"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -32,42 +36,69 @@ func parseOwner(s string) (Owner, bool) {
 	return Owner{ContainerID: cid, IfName: ifname}, true
 }
 
-// Store is the on-disk allocation state of one network. Layout:
-//
-//	<dir>/lock                     flock(2) target serialising plugin processes
-//	<dir>/ips/<addr>     -> owner  symlink: the claim of one address
-//	<dir>/owners/<owner>:<set> -> addr   symlink: index from owner to its address
-//	<dir>/last/<set>     -> addr   symlink: round-robin cursor of a range set
-//
-// Every record is a symlink because symlink(2) creates a name and its content
-// in one atomic step: a process killed at any instant leaves either no record
-// or a complete one, never a half-written file. See the package doc for the
-// ordering rules that keep the two directories consistent.
-type Store struct {
-	dir  string
-	lock *os.File
+// Claim is one allocated address.
+type Claim struct {
+	Owner Owner
+	Set   int // index of the range set it came from
 }
 
-// OpenStore creates the store's directories when missing and opens its lock
-// file. It does not take the lock.
+// State is the whole allocation state of one network.
+type State struct {
+	Generation uint64
+	Claims     map[netip.Addr]Claim
+	Cursors    map[int]netip.Addr // round-robin cursor per range set
+}
+
+func newState() *State {
+	return &State{Claims: map[netip.Addr]Claim{}, Cursors: map[int]netip.Addr{}}
+}
+
+// Held returns the address owner o holds in range set set.
+func (st *State) Held(o Owner, set int) (netip.Addr, bool) {
+	for a, c := range st.Claims {
+		if c.Owner == o && c.Set == set {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// Store keeps a State on disk in two slots, state.0 and state.1, each
+// "generation, records, checksum". A save writes the slot that does not hold
+// the newest valid state; a load takes the valid slot with the higher
+// generation. See the package doc for why this is crash-safe.
+type Store struct {
+	dir     string
+	lock    *os.File
+	slots   [2]*os.File
+	current int // slot holding the state returned by the last Load; -1 none
+}
+
+// OpenStore creates the store's directory and files when missing. It does
+// not take the lock.
 func OpenStore(dataDir, network string) (*Store, error) {
 	if network == "" || strings.ContainsAny(network, "/\x00") || network == "." || network == ".." {
 		return nil, fmt.Errorf("invalid network name %q for the IPAM store", network)
 	}
 	dir := filepath.Join(dataDir, network)
-	for _, sub := range []string{"ips", "owners", "last"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
-			return nil, fmt.Errorf("create IPAM store: %w", err)
-		}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create IPAM store: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
-	if err != nil {
+	s := &Store{dir: dir, current: -1}
+	var err error
+	if s.lock, err = os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
 		return nil, fmt.Errorf("open IPAM lock: %w", err)
 	}
-	return &Store{dir: dir, lock: f}, nil
+	for i := range s.slots {
+		if s.slots[i], err = os.OpenFile(filepath.Join(dir, "state."+strconv.Itoa(i)), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+			_ = s.Close()
+			return nil, fmt.Errorf("open IPAM state: %w", err)
+		}
+	}
+	return s, nil
 }
 
-// Dir is the directory holding this network's records.
+// Dir is the directory holding this network's state.
 func (s *Store) Dir() string { return s.dir }
 
 // Lock takes the store's exclusive lock; it blocks while another plugin
@@ -86,169 +117,162 @@ func (s *Store) Lock() error {
 }
 
 // Unlock releases the lock taken by Lock.
-func (s *Store) Unlock() error {
-	return unix.Flock(int(s.lock.Fd()), unix.LOCK_UN)
-}
+func (s *Store) Unlock() error { return unix.Flock(int(s.lock.Fd()), unix.LOCK_UN) }
 
-// Close releases the lock (if held) and the lock file.
-func (s *Store) Close() error { return s.lock.Close() }
-
-func (s *Store) ipPath(a netip.Addr) string { return filepath.Join(s.dir, "ips", a.String()) }
-
-func (s *Store) indexPath(o Owner, set int) string {
-	return filepath.Join(s.dir, "owners", o.String()+":"+strconv.Itoa(set))
-}
-
-// Claim records addr as owned by o. It reports false, with no error, when the
-// address is already claimed (by anyone).
-func (s *Store) Claim(addr netip.Addr, o Owner) (bool, error) {
-	err := os.Symlink(o.String(), s.ipPath(addr))
-	if errors.Is(err, fs.ErrExist) {
-		return false, nil
+// Close releases the lock (if held) and the files.
+func (s *Store) Close() error {
+	var errs []error
+	for _, f := range append([]*os.File{s.lock}, s.slots[:]...) {
+		if f != nil {
+			errs = append(errs, f.Close())
+		}
 	}
-	if err != nil {
-		return false, fmt.Errorf("claim %s: %w", addr, err)
-	}
-	return true, nil
+	return errors.Join(errs...)
 }
 
-// Holder returns the owner of a claimed address. ok is false for a free
-// address; a record that cannot be parsed is returned with ok and a zero Owner
-// so that it is never handed out again before GC removes it.
-func (s *Store) Holder(addr netip.Addr) (o Owner, ok bool, err error) {
-	target, err := os.Readlink(s.ipPath(addr))
-	if errors.Is(err, fs.ErrNotExist) {
-		return Owner{}, false, nil
-	}
-	if err != nil {
-		return Owner{}, false, fmt.Errorf("read claim of %s: %w", addr, err)
-	}
-	o, _ = parseOwner(target)
-	return o, true, nil
-}
+// ErrCorrupt says that neither slot holds a valid state although one was
+// written: the store must not be used until an operator looks at it.
+var ErrCorrupt = errors.New("IPAM store corrupt: no valid state in state.0 or state.1")
 
-// Unclaim removes the record of addr; a missing record is not an error.
-func (s *Store) Unclaim(addr netip.Addr) error {
-	if err := os.Remove(s.ipPath(addr)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("release %s: %w", addr, err)
-	}
-	return nil
-}
-
-// Index returns the address that owner o holds (or was about to claim) in
-// range set number set.
-func (s *Store) Index(o Owner, set int) (netip.Addr, bool, error) {
-	return readAddrLink(s.indexPath(o, set))
-}
-
-// SetIndex points owner o's entry for a range set at addr, replacing any
-// previous entry atomically.
-func (s *Store) SetIndex(o Owner, set int, addr netip.Addr) error {
-	return replaceLink(s.indexPath(o, set), addr.String())
-}
-
-// DropIndex removes owner o's entry for a range set; missing is fine.
-func (s *Store) DropIndex(o Owner, set int) error {
-	if err := os.Remove(s.indexPath(o, set)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("drop index of %s: %w", o, err)
-	}
-	return nil
-}
-
-// LastReserved is the round-robin cursor of a range set.
-func (s *Store) LastReserved(set int) (netip.Addr, bool, error) {
-	return readAddrLink(filepath.Join(s.dir, "last", strconv.Itoa(set)))
-}
-
-// SetLastReserved moves the round-robin cursor of a range set.
-func (s *Store) SetLastReserved(set int, addr netip.Addr) error {
-	return replaceLink(filepath.Join(s.dir, "last", strconv.Itoa(set)), addr.String())
-}
-
-// Record is one claimed address as found on disk.
-type Record struct {
-	Addr  netip.Addr
-	Owner Owner // zero when the record is unreadable
-}
-
-// Claims lists every claimed address.
-func (s *Store) Claims() ([]Record, error) {
-	entries, err := os.ReadDir(filepath.Join(s.dir, "ips"))
-	if err != nil {
-		return nil, fmt.Errorf("list IPAM claims: %w", err)
-	}
-	var out []Record
-	for _, e := range entries {
-		addr, err := netip.ParseAddr(e.Name())
+// Load reads the newest valid state. Call it under the lock.
+func (s *Store) Load() (*State, error) {
+	var best *State
+	s.current = -1
+	written := false
+	for i, f := range s.slots {
+		data, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<30))
 		if err != nil {
-			continue // not ours: leave foreign files alone
+			return nil, fmt.Errorf("read %s: %w", f.Name(), err)
 		}
-		o, ok, err := s.Holder(addr)
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			out = append(out, Record{Addr: addr, Owner: o})
-		}
-	}
-	return out, nil
-}
-
-// IndexEntry is one owner index entry.
-type IndexEntry struct {
-	Owner Owner
-	Set   int
-}
-
-// Indexes lists every owner index entry.
-func (s *Store) Indexes() ([]IndexEntry, error) {
-	entries, err := os.ReadDir(filepath.Join(s.dir, "owners"))
-	if err != nil {
-		return nil, fmt.Errorf("list IPAM owners: %w", err)
-	}
-	var out []IndexEntry
-	for _, e := range entries {
-		name := e.Name()
-		i := strings.LastIndexByte(name, ':')
-		if i < 0 || strings.HasPrefix(name, ".tmp") {
+		if len(data) == 0 {
 			continue
 		}
-		set, err := strconv.Atoi(name[i+1:])
-		o, ok := parseOwner(name[:i])
-		if err != nil || !ok {
-			continue
+		written = true
+		st, err := decode(data)
+		if err != nil {
+			continue // torn or damaged: the other slot has the previous state
 		}
-		out = append(out, IndexEntry{Owner: o, Set: set})
+		if best == nil || st.Generation > best.Generation {
+			best, s.current = st, i
+		}
 	}
-	return out, nil
+	if best == nil {
+		if written {
+			return nil, ErrCorrupt
+		}
+		return newState(), nil
+	}
+	return best, nil
 }
 
-func readAddrLink(path string) (netip.Addr, bool, error) {
-	target, err := os.Readlink(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return netip.Addr{}, false, nil
+// Save writes st as the next generation into the slot not holding the
+// current state. Call it under the lock, after Load.
+func (s *Store) Save(st *State) error {
+	st.Generation++
+	target := s.slots[(s.current+1+2)%2]
+	if s.current < 0 {
+		target = s.slots[0]
 	}
-	if err != nil {
-		return netip.Addr{}, false, fmt.Errorf("read %s: %w", path, err)
+	data := encode(st)
+	if _, err := target.WriteAt(data, 0); err != nil {
+		return fmt.Errorf("write %s: %w", target.Name(), err)
 	}
-	a, err := netip.ParseAddr(target)
-	if err != nil {
-		return netip.Addr{}, false, nil // garbage: treat as absent, it will be overwritten
+	if err := target.Truncate(int64(len(data))); err != nil {
+		return fmt.Errorf("truncate %s: %w", target.Name(), err)
 	}
-	return a, true, nil
-}
-
-// replaceLink makes path a symlink to target atomically: a temporary symlink
-// is renamed over the old one, so readers see the old or the new, never none.
-func replaceLink(path, target string) error {
-	tmp := filepath.Join(filepath.Dir(path), ".tmp-"+filepath.Base(path))
-	_ = os.Remove(tmp) // left by a crashed process
-	if err := os.Symlink(target, tmp); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
+	if target == s.slots[0] {
+		s.current = 0
+	} else {
+		s.current = 1
 	}
 	return nil
+}
+
+const header = "flatnet-ipam v1\n"
+
+// encode renders a state as text: one record a line, then "end <crc32>" over
+// everything before it. Lines are sorted so that a diff of two states is
+// readable.
+func encode(st *State) []byte {
+	var b bytes.Buffer
+	b.WriteString(header)
+	fmt.Fprintf(&b, "generation %d\n", st.Generation)
+	sets := make([]int, 0, len(st.Cursors))
+	for set := range st.Cursors {
+		sets = append(sets, set)
+	}
+	slices.Sort(sets)
+	for _, set := range sets {
+		fmt.Fprintf(&b, "cursor %d %s\n", set, st.Cursors[set])
+	}
+	addrs := make([]netip.Addr, 0, len(st.Claims))
+	for a := range st.Claims {
+		addrs = append(addrs, a)
+	}
+	slices.SortFunc(addrs, func(x, y netip.Addr) int { return x.Compare(y) })
+	for _, a := range addrs {
+		c := st.Claims[a]
+		fmt.Fprintf(&b, "claim %s %d %s\n", a, c.Set, c.Owner)
+	}
+	fmt.Fprintf(&b, "end %08x\n", crc32.ChecksumIEEE(b.Bytes()))
+	return b.Bytes()
+}
+
+func decode(data []byte) (*State, error) {
+	st := newState()
+	if !bytes.HasPrefix(data, []byte(header)) {
+		return nil, errors.New("bad header")
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 4096), len(data)+1)
+	offset := 0
+	for sc.Scan() {
+		line := sc.Text()
+		f := strings.Fields(line)
+		if len(f) == 2 && f[0] == "end" {
+			want := fmt.Sprintf("%08x", crc32.ChecksumIEEE(data[:offset]))
+			if f[1] != want {
+				return nil, errors.New("checksum mismatch")
+			}
+			return st, nil // bytes after the end line are a longer old state's tail
+		}
+		offset += len(line) + 1
+		if err := decodeLine(st, f); err != nil {
+			return nil, fmt.Errorf("line %q: %w", line, err)
+		}
+	}
+	return nil, errors.New("no end line")
+}
+
+func decodeLine(st *State, f []string) error {
+	var err error
+	switch {
+	case len(f) == 2 && f[0] == "flatnet-ipam":
+	case len(f) == 2 && f[0] == "generation":
+		st.Generation, err = strconv.ParseUint(f[1], 10, 64)
+	case len(f) == 3 && f[0] == "cursor":
+		var set int
+		var a netip.Addr
+		if set, err = strconv.Atoi(f[1]); err == nil {
+			a, err = netip.ParseAddr(f[2])
+			st.Cursors[set] = a
+		}
+	case len(f) == 4 && f[0] == "claim":
+		var a netip.Addr
+		var set int
+		if a, err = netip.ParseAddr(f[1]); err != nil {
+			return err
+		}
+		if set, err = strconv.Atoi(f[2]); err != nil {
+			return err
+		}
+		o, ok := parseOwner(f[3])
+		if !ok {
+			return errors.New("bad owner")
+		}
+		st.Claims[a] = Claim{Owner: o, Set: set}
+	default:
+		return errors.New("unknown record")
+	}
+	return err
 }

@@ -62,7 +62,9 @@ func TestGCMixedValidAndStale(t *testing.T) {
 	if !slices.Equal(gotVeths, wantVeths) {
 		t.Fatalf("veths after GC %v, want only those of a and b %v", gotVeths, wantVeths)
 	}
-	if recs := n.records(); len(recs) != 4 || !slices.Contains(recs, "ips/"+ipA) || !slices.Contains(recs, "ips/"+ipB) {
+	recs := n.records()
+	slices.Sort(recs)
+	if want := []string{ipA + " " + a.ID + ":eth0", ipB + " " + b.ID + ":eth0"}; !slices.Equal(recs, want) {
 		t.Fatalf("IPAM records after GC: %v, want only a's and b's", recs)
 	}
 	// The valid pods still work.

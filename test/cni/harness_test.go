@@ -22,6 +22,7 @@ import (
 
 	"github.com/flatnet-io/flatnet/internal/cniruntime"
 	"github.com/flatnet-io/flatnet/internal/cnitest"
+	"github.com/flatnet-io/flatnet/internal/ipam"
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/podnet"
 )
@@ -186,18 +187,21 @@ func (n *node) pluginVeths() []string {
 	return out
 }
 
-// records lists the IPAM store's claims and owner index entries.
+// records lists the IPAM store's claims as "address owner".
 func (n *node) records() []string {
 	n.t.Helper()
+	a, err := ipam.New(ipam.Config{Network: "fntest", DataDir: n.dataDir})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer a.Close()
+	st, err := a.Snapshot()
+	if err != nil {
+		n.t.Fatal(err)
+	}
 	var out []string
-	for _, sub := range []string{"ips", "owners"} {
-		entries, err := os.ReadDir(filepath.Join(n.dataDir, "fntest", sub))
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			n.t.Fatal(err)
-		}
-		for _, e := range entries {
-			out = append(out, sub+"/"+e.Name())
-		}
+	for addr, c := range st.Claims {
+		out = append(out, addr.String()+" "+c.Owner.String())
 	}
 	return out
 }

@@ -117,7 +117,7 @@ func TestRepeatedAddAfterCrashGetsSameIP(t *testing.T) {
 	}
 	// Crash after the veth was made (no cached result): ADD again replaces it.
 	r2 := n.add(p)
-	if podIP(t, r2) != podIP(t, r) || len(n.pluginVeths()) != 1 || len(n.records()) != 2 {
+	if podIP(t, r2) != podIP(t, r) || len(n.pluginVeths()) != 1 || len(n.records()) != 1 {
 		t.Fatalf("second retry: ip %s, veths %v, records %v", podIP(t, r2), n.pluginVeths(), n.records())
 	}
 	if err := n.rt.Check(context.Background(), p); err != nil {
