@@ -63,14 +63,14 @@ type session struct {
 	cfg   *Config
 	owner ipam.Owner
 	host  *netlink.Handle
-	pod   *netlink.Handle // nil when the pod's namespace is gone (DEL)
+	pod   *netlink.Handle // nil unless the verb needs the pod's namespace
 	podNS netns.NsHandle
 	alloc *ipam.Allocator
 }
 
-// open parses the configuration and opens the handles; requireNS makes a
-// missing pod namespace an error (code 4) rather than a nil pod handle.
-func open(args *skel.CmdArgs, requireNS bool) (*session, error) {
+// open parses the configuration and opens the handles; withPod opens the
+// pod's namespace too, and a missing one is an error (code 4).
+func open(args *skel.CmdArgs, withPod bool) (*session, error) {
 	cfg, err := ParseConfig(args.StdinData)
 	if err != nil {
 		return nil, err
@@ -79,21 +79,17 @@ func open(args *skel.CmdArgs, requireNS bool) (*session, error) {
 	if s.host, err = netlink.NewHandle(); err != nil {
 		return nil, fmt.Errorf("open netlink: %w", err)
 	}
-	if args.Netns != "" {
+	if withPod {
 		if s.podNS, err = netns.GetFromPath(args.Netns); err != nil {
 			s.podNS = -1
-			if requireNS {
-				s.close()
-				return nil, types.NewError(types.ErrInvalidEnvironmentVariables,
-					fmt.Sprintf("CNI_NETNS=%s: cannot open network namespace", args.Netns), err.Error())
-			}
-		} else if s.pod, err = netlink.NewHandleAt(s.podNS); err != nil {
+			s.close()
+			return nil, types.NewError(types.ErrInvalidEnvironmentVariables,
+				fmt.Sprintf("CNI_NETNS=%s: cannot open network namespace", args.Netns), err.Error())
+		}
+		if s.pod, err = netlink.NewHandleAt(s.podNS); err != nil {
 			s.close()
 			return nil, fmt.Errorf("open netlink in %s: %w", args.Netns, err)
 		}
-	} else if requireNS {
-		s.close()
-		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "")
 	}
 	if s.alloc, err = ipam.New(cfg.IPAM); err != nil {
 		s.close()
@@ -170,7 +166,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	result, err := buildResult(cfg, args, att, allocs, pod.Routes, mtu)
 	if err != nil {
-		_ = podnet.Detach(s.host, s.pod, cfg.Conf.Name, args.ContainerID, args.IfName)
+		_ = podnet.Detach(s.host, cfg.Conf.Name, args.ContainerID, args.IfName)
 		return err
 	}
 	success = true
@@ -183,7 +179,7 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	defer s.close()
-	detachErr := podnet.Detach(s.host, s.pod, s.cfg.Conf.Name, args.ContainerID, args.IfName)
+	detachErr := podnet.Detach(s.host, s.cfg.Conf.Name, args.ContainerID, args.IfName)
 	if err := s.alloc.Release(s.owner); err != nil {
 		return types.NewError(ErrIPAMStoreFailure, "release addresses", errors.Join(detachErr, err).Error())
 	}

@@ -166,23 +166,22 @@ func removeLeftover(host *netlink.Handle, name, alias string) error {
 	return nil
 }
 
-// Detach removes an attachment's veth pair. pod may be nil when the pod's
-// namespace is gone. Missing links are not an error.
-func Detach(host, pod *netlink.Handle, network, containerID, ifname string) error {
-	var errs []error
-	if pod != nil {
-		if link, err := pod.LinkByName(ifname); err == nil {
-			if _, isVeth := link.(*netlink.Veth); isVeth {
-				if err := pod.LinkDel(link); err != nil && !isNotFound(err) {
-					errs = append(errs, fmt.Errorf("delete %s in the pod: %w", ifname, err))
-				}
-			}
-		}
+// Detach removes an attachment's veth pair by deleting its host end (the
+// pod end goes with it). A pod interface the plugin did not make is never
+// touched, and a missing link is not an error.
+func Detach(host *netlink.Handle, network, containerID, ifname string) error {
+	name := HostVethName(network, containerID, ifname)
+	link, err := host.LinkByName(name)
+	if err != nil {
+		return nil
 	}
-	if err := deleteByName(host, HostVethName(network, containerID, ifname)); err != nil {
-		errs = append(errs, err)
+	if a := link.Attrs().Alias; a != Alias(network, containerID, ifname) && a != "" {
+		return fmt.Errorf("host interface %s belongs to %q, not to this attachment", name, a)
 	}
-	return errors.Join(errs...)
+	if err := host.LinkDel(link); err != nil && !isNotFound(err) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
 }
 
 // RemoveStrayVeths deletes the host veths of network whose owner keep

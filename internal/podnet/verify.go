@@ -1,7 +1,6 @@
 package podnet
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -110,7 +109,3 @@ func hasRoute(have []netlink.Route, want Route) bool {
 	}
 	return false
 }
-
-// ErrNoNamespace is returned when an operation needs the pod's namespace and
-// it does not exist.
-var ErrNoNamespace = errors.New("network namespace does not exist")

@@ -2,6 +2,7 @@ package cni_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -173,4 +174,72 @@ func TestDelToleratesMissingNamespace(t *testing.T) {
 	p.NetNS = ""
 	n.del(p)
 	n.assertClean()
+}
+
+// The "ips" and "mac" capabilities, passed by the runtime through libcni.
+func TestCapabilitiesIPsAndMAC(t *testing.T) {
+	n := newNode(t, "1.1.0", func(dataDir string) string {
+		return strings.Replace(flatnetConf(dataDir), `"type": "flatnet-cni",`, `"type": "flatnet-cni", "capabilities": {"ips": true, "mac": true},`, 1)
+	})
+	p := n.pod("static")
+	p.IPs = []string{"10.99.0.77/24"}
+	p.MAC = "02:42:0a:63:00:4d"
+	r := n.add(p)
+	if podIP(t, r) != "10.99.0.77" || r.Interfaces[1].Mac != p.MAC {
+		t.Fatalf("static request: ip %s mac %s", podIP(t, r), r.Interfaces[1].Mac)
+	}
+	if got := mustLink(t, handleAt(t, p.NetNS), "eth0").Attrs().HardwareAddr.String(); got != p.MAC {
+		t.Fatalf("eth0 MAC in the pod is %s", got)
+	}
+	q := n.pod("clash")
+	q.IPs = []string{"10.99.0.77/24"}
+	_, err := n.rt.Add(context.Background(), q)
+	if e := cniError(t, err); e.Code != cni.ErrAddressConflict {
+		t.Fatalf("second pod asking for the same IP: code %d %q", e.Code, e.Msg)
+	}
+	n.del(q)
+	n.del(p)
+	n.assertClean()
+}
+
+// IPv4 and IPv6 range sets: one address of each family, a default route each.
+func TestDualStack(t *testing.T) {
+	n := newNode(t, "1.1.0", func(dataDir string) string {
+		return fmt.Sprintf(`{"type": "flatnet-cni", "bridge": "fn0", "ipam": {"ranges": [[{"subnet": "10.99.0.0/24"}], [{"subnet": "fd00:99::/64"}]], "dataDir": %q}}`, dataDir)
+	})
+	p := n.pod("ds")
+	r := n.add(p)
+	if len(r.IPs) != 2 || r.IPs[1].Address.String() != "fd00:99::2/64" || r.IPs[1].Gateway.String() != "fd00:99::1" {
+		t.Fatalf("dual-stack IPs: %s", mustJSON(r.IPs))
+	}
+	if len(r.Routes) != 2 || r.Routes[1].Dst.String() != "::/0" {
+		t.Fatalf("dual-stack routes: %s", mustJSON(r.Routes))
+	}
+	if err := n.rt.Check(context.Background(), p); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	n.del(p)
+	n.assertClean()
+}
+
+// An interface of that name that the plugin did not make: ADD fails with
+// code 101 and releases the address it took.
+func TestAddRefusesForeignInterface(t *testing.T) {
+	n := newNode(t, "1.1.0", flatnetConf)
+	p := n.pod("taken")
+	h := handleAt(t, p.NetNS)
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = "eth0"
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "other"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := n.rt.Add(context.Background(), p)
+	if e := cniError(t, err); e.Code != cni.ErrInterfaceExists {
+		t.Fatalf("ADD over a foreign eth0: code %d %q", e.Code, e.Msg)
+	}
+	n.del(p) // containerd DELs after a failed ADD: the foreign eth0 must survive
+	n.assertClean()
+	if _, err := h.LinkByName("eth0"); err != nil {
+		t.Fatalf("the foreign eth0 was removed: %v", err)
+	}
 }
