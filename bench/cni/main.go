@@ -5,7 +5,8 @@
 //
 // Each implementation gets its own node namespace; pod namespaces are made
 // before the clock starts. It prints p50/p99 per phase and the ratio
-// flatnet/reference. Run as root: go run ./bench/cni [-pods 200 -workers 8].
+// flatnet/reference. Rounds alternate which implementation runs first, and
+// their samples are pooled. Run as root: go run ./bench/cni [-pods 200 -workers 8 -rounds 3].
 package main
 
 import (
@@ -46,6 +47,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	pods := flag.Int("pods", 200, "pods per run")
 	workers := flag.Int("workers", 8, "concurrent callers in the concurrent run")
+	rounds := flag.Int("rounds", 3, "rounds per mode; implementations alternate within each round")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "the CNI benchmark needs root (network namespaces)")
@@ -77,20 +79,23 @@ func run() int {
 		name    string
 		workers int
 	}{{"sequential", 1}, {fmt.Sprintf("%d concurrent", *workers), *workers}} {
-		for _, im := range impls {
-			add, del, err := measure(bin, im, *pods, mode.workers)
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "%s, %s: %v\n", im.name, mode.name, err)
-				return 1
+		for round := range *rounds {
+			for i := range impls {
+				im := impls[(i+round)%len(impls)] // alternate which one goes first
+				add, del, err := measure(bin, im, *pods, mode.workers)
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "%s, %s: %v\n", im.name, mode.name, err)
+					return 1
+				}
+				if results[im.name] == nil {
+					results[im.name] = map[string][]time.Duration{}
+				}
+				results[im.name]["ADD "+mode.name] = append(results[im.name]["ADD "+mode.name], add...)
+				results[im.name]["DEL "+mode.name] = append(results[im.name]["DEL "+mode.name], del...)
 			}
-			if results[im.name] == nil {
-				results[im.name] = map[string][]time.Duration{}
-			}
-			results[im.name]["ADD "+mode.name] = add
-			results[im.name]["DEL "+mode.name] = del
 		}
 	}
-	report(results, *pods, *workers)
+	report(results, *pods, *workers, *rounds)
 	return 0
 }
 
@@ -163,10 +168,10 @@ func pct(d []time.Duration, p float64) time.Duration {
 	return s[int(p*float64(len(s)-1))]
 }
 
-func report(results map[string]map[string][]time.Duration, pods, workers int) {
+func report(results map[string]map[string][]time.Duration, pods, workers, rounds int) {
 	phases := []string{"ADD sequential", "DEL sequential", fmt.Sprintf("ADD %d concurrent", workers), fmt.Sprintf("DEL %d concurrent", workers)}
 	ours, ref := results[impls[0].name], results[impls[1].name]
-	fmt.Printf("\nCNI latency through libcni, %d pods per run (ms)\n", pods)
+	fmt.Printf("\nCNI latency through libcni, %d pods per run, %d alternating rounds pooled (ms)\n", pods, rounds)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(w, "phase\tflatnet p50\tflatnet p99\treference p50\treference p99\tratio p50\tratio p99\t\n")
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
