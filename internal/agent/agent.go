@@ -1,123 +1,302 @@
-// Package agent is flatnetd, the node agent. In this first slice it installs
-// the node's CNI conflist from statically given pod CIDRs and serves
-// /healthz; reading the CIDRs from the Node object, routes to other nodes and
-// the service proxy come next (see the issues).
+// Package agent is flatnetd, the node agent. It watches Nodes through the
+// API server and keeps three things true on its node:
 //
-// State it leaves on the node: one file, <cni-conf-dir>/<cni-conf-name>,
-// replaced atomically whenever its content would change. Until it exists the
-// runtime has no network for pods, which is the intended "not ready" state.
+//   - the CNI conflist in --cni-conf-dir describes this node's pod CIDRs
+//     (Node.spec.podCIDRs, from the controller manager's node IPAM); until
+//     the node has them there is no conflist and the runtime cannot start
+//     pods, the intended "not ready" state;
+//   - a route to every other node's pod CIDR via its InternalIP (package
+//     routes);
+//   - pod egress leaving the cluster is masqueraded (package egress).
+//
+// Design notes: informer events only poke a runner; each sync computes the
+// whole desired state from the informer cache and applies it, level
+// triggered, and a periodic resync repairs anything changed behind the
+// agent's back. On exit nothing is flushed: routes, rules and the conflist
+// stay as they are until a new agent replaces them, so a restart does not
+// disturb established connections. With --pod-cidr the agent runs without an
+// API server and only installs the conflist.
 package agent
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/flatnet-io/flatnet/internal/cniconf"
+	"github.com/flatnet-io/flatnet/internal/egress"
+	"github.com/flatnet-io/flatnet/internal/routes"
 )
 
-// Options are flatnetd's flags.
-type Options struct {
-	PodCIDRs    []netip.Prefix
-	CNIConfDir  string
-	CNIConfName string
-	HealthAddr  string
-	Conf        cniconf.Options
+// Agent is one node's flatnetd.
+type Agent struct {
+	o       *Options
+	log     *slog.Logger
+	nodes   corelisters.NodeLister
+	handle  *netlink.Handle
+	masq    *egress.Masquerader
+	metrics *metrics
+
+	installed atomic.Bool // the conflist is in place
+	lastErr   atomic.Pointer[error]
+	trigger   chan struct{}
 }
 
-// Defaults returns the options a node uses unless told otherwise.
-func Defaults() *Options {
-	return &Options{CNIConfDir: "/etc/cni/net.d", CNIConfName: "10-flatnet.conflist", HealthAddr: "127.0.0.1:9465"}
-}
-
-type prefixList struct{ out *[]netip.Prefix }
-
-func (p prefixList) String() string {
-	if p.out == nil {
-		return ""
+// Run runs the agent until ctx ends.
+func Run(ctx context.Context, o *Options, log *slog.Logger) error {
+	a := &Agent{o: o, log: log, metrics: newMetrics(), trigger: make(chan struct{}, 1)}
+	stop, err := a.serve()
+	if err != nil {
+		return err
 	}
-	var s []string
-	for _, c := range *p.out {
-		s = append(s, c.String())
-	}
-	return strings.Join(s, ",")
-}
-
-func (p prefixList) Set(v string) error {
-	for _, part := range strings.Split(v, ",") {
-		c, err := netip.ParsePrefix(strings.TrimSpace(part))
-		if err != nil {
-			return fmt.Errorf("pod CIDR %q: %w", part, err)
+	defer stop()
+	if o.Static() {
+		if err := a.installConflist(o.PodCIDRs); err != nil {
+			return err
 		}
-		*p.out = append(*p.out, c.Masked())
+		<-ctx.Done()
+		return nil
 	}
+	if a.handle, err = netlink.NewHandle(); err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer a.handle.Close()
+	if a.masq, err = egress.New(); err != nil {
+		return err
+	}
+	client, err := newClient(o.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	inf := factory.Core().V1().Nodes()
+	_ = inf.Informer().SetTransform(func(obj any) (any, error) {
+		if n, ok := obj.(*corev1.Node); ok {
+			n.ManagedFields, n.Status.Images = nil, nil
+		}
+		return obj, nil
+	})
+	poke := func(any) { a.poke() }
+	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: poke, UpdateFunc: func(_, n any) { poke(n) }, DeleteFunc: poke,
+	}); err != nil {
+		return err
+	}
+	a.nodes = inf.Lister()
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+		return ctx.Err()
+	}
+	log.Info("watching nodes", "node", o.NodeName)
+	a.loop(ctx)
 	return nil
 }
 
-// AddFlags registers the options on fs.
-func (o *Options) AddFlags(fs *flag.FlagSet) {
-	fs.Var(prefixList{&o.PodCIDRs}, "pod-cidr", "this node's pod CIDR(s), comma-separated (one per family)")
-	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", o.CNIConfDir, "directory the container runtime reads CNI configuration from")
-	fs.StringVar(&o.CNIConfName, "cni-conf-name", o.CNIConfName, "file name of the conflist to install")
-	fs.StringVar(&o.HealthAddr, "health-addr", o.HealthAddr, "address of the /healthz endpoint (empty: off)")
-	fs.StringVar(&o.Conf.Bridge, "bridge", "", "node bridge name (default flatnet0)")
-	fs.IntVar(&o.Conf.MTU, "mtu", 0, "pod MTU (default: the node's uplink MTU)")
-	fs.BoolVar(&o.Conf.Portmap, "portmap", false, "chain the portmap plugin for hostPort support")
+func newClient(kubeconfig string) (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	if kubeconfig == "" {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("API server configuration: %w", err)
+	}
+	cfg.UserAgent = "flatnetd"
+	return kubernetes.NewForConfig(cfg)
 }
 
-// Validate reports every problem with the options at once.
-func (o *Options) Validate() error {
+func (a *Agent) poke() {
+	select {
+	case a.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// minSyncInterval bounds how often events can cause a sync.
+const minSyncInterval = 100 * time.Millisecond
+
+func (a *Agent) loop(ctx context.Context) {
+	t := time.NewTicker(a.o.Resync)
+	defer t.Stop()
+	for {
+		a.sync(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.trigger:
+		case <-t.C:
+		}
+		time.Sleep(minSyncInterval) // coalesce bursts of node events
+	}
+}
+
+// sync computes the desired state from the node cache and applies it.
+func (a *Agent) sync(ctx context.Context) {
+	start := time.Now()
+	err := a.syncOnce(ctx)
+	a.metrics.observe(time.Since(start), err)
+	if err != nil {
+		a.log.Warn("sync failed", "err", err)
+		a.lastErr.Store(&err)
+		return
+	}
+	a.lastErr.Store(nil)
+}
+
+func (a *Agent) syncOnce(ctx context.Context) error {
+	nodes, err := a.nodes.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	var want []routes.Route
+	var nodeIPs []netip.Addr
+	var self *corev1.Node
+	for _, n := range nodes {
+		ip, ok := internalIP(n)
+		if ok {
+			nodeIPs = append(nodeIPs, ip)
+		}
+		if n.Name == a.o.NodeName {
+			self = n
+			continue
+		}
+		if !ok {
+			continue
+		}
+		for _, c := range podCIDRs(n) {
+			if c.Addr().Is4() == ip.Is4() {
+				want = append(want, routes.Route{Dst: c, Via: ip})
+			}
+		}
+	}
+	a.metrics.nodes.Set(float64(len(nodes)))
 	var errs []error
-	if len(o.PodCIDRs) == 0 {
-		errs = append(errs, errors.New("--pod-cidr is required"))
+	if self == nil || len(podCIDRs(self)) == 0 {
+		a.log.Info("waiting for this node's pod CIDR", "node", a.o.NodeName)
+	} else if err := a.installConflist(podCIDRs(self)); err != nil {
+		errs = append(errs, err)
 	}
-	if o.CNIConfDir == "" || o.CNIConfName == "" {
-		errs = append(errs, errors.New("--cni-conf-dir and --cni-conf-name must not be empty"))
+	added, deleted, err := routes.Sync(a.handle, want)
+	if added+deleted > 0 {
+		a.log.Info("routes updated", "added", added, "deleted", deleted, "total", len(want))
 	}
+	errs = append(errs, err)
+	if n, err := routes.Count(a.handle); err == nil {
+		a.metrics.routes.Set(float64(n))
+	}
+	errs = append(errs, a.masq.Sync(ctx, a.o.ClusterCIDR, nodeIPs))
 	return errors.Join(errs...)
 }
 
-// Run installs the conflist and serves health until ctx ends.
-func Run(ctx context.Context, o *Options, log *slog.Logger) error {
-	var healthy atomic.Bool
-	if o.HealthAddr != "" {
-		ln, err := net.Listen("tcp", o.HealthAddr)
-		if err != nil {
-			return fmt.Errorf("health endpoint: %w", err)
-		}
-		srv := &http.Server{Handler: healthHandler(&healthy), ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = srv.Serve(ln) }()
-		defer srv.Close()
-		log.Info("serving health", "addr", ln.Addr().String())
-	}
-	o.Conf.PodCIDRs = o.PodCIDRs
-	data, err := cniconf.Render(o.Conf)
+func (a *Agent) installConflist(cidrs []netip.Prefix) error {
+	conf := a.o.Conf
+	conf.PodCIDRs = cidrs
+	data, err := cniconf.Render(conf)
 	if err != nil {
 		return err
 	}
-	changed, err := cniconf.Install(o.CNIConfDir, o.CNIConfName, data)
+	changed, err := cniconf.Install(a.o.CNIConfDir, a.o.CNIConfName, data)
 	if err != nil {
 		return err
 	}
-	log.Info("CNI configuration installed", "dir", o.CNIConfDir, "file", o.CNIConfName, "changed", changed, "podCIDRs", prefixList{&o.PodCIDRs}.String())
-	healthy.Store(true)
-	<-ctx.Done()
+	if changed {
+		a.log.Info("CNI configuration installed", "file", a.o.CNIConfDir+"/"+a.o.CNIConfName, "podCIDRs", prefixList{&cidrs}.String())
+	}
+	a.installed.Store(true)
+	a.metrics.conflist.Set(1)
 	return nil
 }
 
-func healthHandler(healthy *atomic.Bool) http.Handler {
+func internalIP(n *corev1.Node) (netip.Addr, bool) {
+	for _, a := range n.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				return ip, true
+			}
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func podCIDRs(n *corev1.Node) []netip.Prefix {
+	list := n.Spec.PodCIDRs
+	if len(list) == 0 && n.Spec.PodCIDR != "" {
+		list = []string{n.Spec.PodCIDR}
+	}
+	var out []netip.Prefix
+	for _, s := range list {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
+}
+
+// serve starts /healthz, /readyz and /metrics.
+func (a *Agent) serve() (func(), error) {
+	var stops []func()
+	start := func(addr string, h http.Handler) error {
+		if addr == "" {
+			return nil
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		stops = append(stops, func() { _ = srv.Close() })
+		a.log.Info("serving", "addr", ln.Addr().String())
+		return nil
+	}
+	stopAll := func() {
+		for _, s := range stops {
+			s()
+		}
+	}
+	if err := start(a.o.HealthAddr, a.healthHandler()); err != nil {
+		return stopAll, err
+	}
+	reg := prometheus.NewRegistry()
+	a.metrics.register(reg)
+	if err := start(a.o.MetricsAddr, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})); err != nil {
+		return stopAll, err
+	}
+	return stopAll, nil
+}
+
+func (a *Agent) healthHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if !healthy.Load() {
-			http.Error(w, "CNI configuration not installed yet", http.StatusServiceUnavailable)
+		if p := a.lastErr.Load(); p != nil {
+			http.Error(w, "last sync failed: "+(*p).Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.installed.Load() {
+			http.Error(w, "CNI configuration not installed yet (no pod CIDR)", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"io"
 	"log/slog"
@@ -10,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -20,7 +20,7 @@ func TestRunInstallsConflistAndTurnsHealthy(t *testing.T) {
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	o.AddFlags(fs)
 	dir := t.TempDir()
-	if err := fs.Parse([]string{"--pod-cidr", "10.244.3.0/24", "--cni-conf-dir", dir, "--health-addr", "127.0.0.1:0"}); err != nil {
+	if err := fs.Parse([]string{"--pod-cidr", "10.244.3.0/24", "--cni-conf-dir", dir, "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := o.Validate(); err != nil {
@@ -47,25 +47,28 @@ func TestRunInstallsConflistAndTurnsHealthy(t *testing.T) {
 	}
 }
 
-func TestValidateNeedsPodCIDR(t *testing.T) {
-	if err := Defaults().Validate(); err == nil || !strings.Contains(err.Error(), "--pod-cidr") {
+func TestValidate(t *testing.T) {
+	err := Defaults().Validate()
+	if err == nil || !strings.Contains(err.Error(), "--node-name") || !strings.Contains(err.Error(), "--cluster-cidr") {
 		t.Fatalf("got %v", err)
 	}
 }
 
-func TestHealthzReflectsState(t *testing.T) {
-	var healthy atomic.Bool
-	h := healthHandler(&healthy)
-	get := func() int {
+func TestHealthAndReadiness(t *testing.T) {
+	a := &Agent{o: Defaults(), metrics: newMetrics()}
+	h := a.healthHandler()
+	get := func(path string) int {
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 		return rec.Code
 	}
-	if code := get(); code != http.StatusServiceUnavailable {
-		t.Fatalf("before install: %d", code)
+	if get("/healthz") != http.StatusOK || get("/readyz") != http.StatusServiceUnavailable {
+		t.Fatalf("before install: healthz %d readyz %d", get("/healthz"), get("/readyz"))
 	}
-	healthy.Store(true)
-	if code := get(); code != http.StatusOK {
-		t.Fatalf("after install: %d", code)
+	a.installed.Store(true)
+	failed := errors.New("boom")
+	a.lastErr.Store(&failed)
+	if get("/healthz") != http.StatusServiceUnavailable || get("/readyz") != http.StatusOK {
+		t.Fatalf("after a failed sync: healthz %d readyz %d", get("/healthz"), get("/readyz"))
 	}
 }

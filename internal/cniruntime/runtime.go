@@ -118,6 +118,11 @@ func (r *Runtime) Add(ctx context.Context, p Pod) (types.Result, error) {
 	return res, err
 }
 
+// CachedResult is the result of the pod's last ADD as libcni cached it.
+func (r *Runtime) CachedResult(p Pod) (types.Result, error) {
+	return r.cni.GetNetworkListCachedResult(r.List, p.runtimeConf())
+}
+
 // Check verifies the attachment against the cached ADD result.
 func (r *Runtime) Check(ctx context.Context, p Pod) error {
 	return r.inNode(func() error { return r.cni.CheckNetworkList(ctx, r.List, p.runtimeConf()) })

@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/flatnet-io/flatnet/internal/cniconf"
+)
+
+// Options are flatnetd's flags.
+type Options struct {
+	Kubeconfig  string // "" = in-cluster configuration
+	NodeName    string
+	ClusterCIDR netip.Prefix
+	PodCIDRs    []netip.Prefix // static pod CIDRs: no API server needed
+	CNIConfDir  string
+	CNIConfName string
+	HealthAddr  string
+	MetricsAddr string
+	Resync      time.Duration
+	Conf        cniconf.Options
+}
+
+// Defaults returns the options a node uses unless told otherwise.
+func Defaults() *Options {
+	return &Options{CNIConfDir: "/etc/cni/net.d", CNIConfName: "10-flatnet.conflist",
+		HealthAddr: "127.0.0.1:9465", MetricsAddr: ":9466", Resync: 30 * time.Second}
+}
+
+type prefixList struct{ out *[]netip.Prefix }
+
+func (p prefixList) String() string {
+	if p.out == nil {
+		return ""
+	}
+	var s []string
+	for _, c := range *p.out {
+		s = append(s, c.String())
+	}
+	return strings.Join(s, ",")
+}
+
+func (p prefixList) Set(v string) error {
+	for _, part := range strings.Split(v, ",") {
+		c, err := netip.ParsePrefix(strings.TrimSpace(part))
+		if err != nil {
+			return fmt.Errorf("pod CIDR %q: %w", part, err)
+		}
+		*p.out = append(*p.out, c.Masked())
+	}
+	return nil
+}
+
+type prefixValue struct{ out *netip.Prefix }
+
+func (p prefixValue) String() string {
+	if p.out == nil || !p.out.IsValid() {
+		return ""
+	}
+	return p.out.String()
+}
+
+func (p prefixValue) Set(v string) error {
+	c, err := netip.ParsePrefix(v)
+	if err != nil {
+		return err
+	}
+	*p.out = c.Masked()
+	return nil
+}
+
+// AddFlags registers the options on fs.
+func (o *Options) AddFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig of the API server (empty: in-cluster)")
+	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "this node's name (the Node object)")
+	fs.Var(prefixValue{&o.ClusterCIDR}, "cluster-cidr", "the cluster's pod CIDR: pod traffic leaving it is masqueraded")
+	fs.Var(prefixList{&o.PodCIDRs}, "pod-cidr", "static pod CIDR(s) of this node, comma-separated; without an API server")
+	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", o.CNIConfDir, "directory the container runtime reads CNI configuration from")
+	fs.StringVar(&o.CNIConfName, "cni-conf-name", o.CNIConfName, "file name of the conflist to install")
+	fs.StringVar(&o.Conf.DataDir, "ipam-data-dir", "", "IPAM store directory written into the conflist (default: the plugin's)")
+	fs.StringVar(&o.HealthAddr, "health-addr", o.HealthAddr, "address of /healthz (empty: off)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "address of /metrics (empty: off)")
+	fs.DurationVar(&o.Resync, "resync", o.Resync, "period of the full resync of routes and rules")
+	fs.StringVar(&o.Conf.Bridge, "bridge", "", "node bridge name (default flatnet0)")
+	fs.IntVar(&o.Conf.MTU, "mtu", 0, "pod MTU (default: the node's uplink MTU)")
+	fs.BoolVar(&o.Conf.Portmap, "portmap", false, "chain the portmap plugin for hostPort support")
+}
+
+// Static reports whether the agent runs without an API server.
+func (o *Options) Static() bool { return len(o.PodCIDRs) > 0 }
+
+// Validate reports every problem with the options at once.
+func (o *Options) Validate() error {
+	var errs []error
+	if !o.Static() && o.NodeName == "" {
+		errs = append(errs, errors.New("--node-name is required (or --pod-cidr for a static node)"))
+	}
+	if !o.Static() && !o.ClusterCIDR.IsValid() {
+		errs = append(errs, errors.New("--cluster-cidr is required to tell pod egress from cluster traffic"))
+	}
+	if o.CNIConfDir == "" || o.CNIConfName == "" {
+		errs = append(errs, errors.New("--cni-conf-dir and --cni-conf-name must not be empty"))
+	}
+	if o.Resync < time.Second {
+		errs = append(errs, errors.New("--resync must be at least 1s"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,79 @@
+// Package egress masquerades pod traffic that leaves the cluster: a packet
+// from a pod to an address outside the cluster CIDR and outside the node
+// addresses gets the node's address as its source, so the world beyond the
+// cluster can answer. Pod to pod and pod to node keep the pod's own address.
+//
+// Design notes (kernel state): one nftables table, "ip flatnet-egress", owned
+// by this package and by nothing else, holding a set "nodes" (every node's
+// InternalIP) and a NAT postrouting chain:
+//
+//	ip saddr != <cluster CIDR> return
+//	ip daddr <cluster CIDR> return
+//	ip daddr @nodes return
+//	masquerade
+//
+// Each Sync rewrites the chain and the set in one atomic transaction, so
+// there is never a moment without masquerading; the table is left in place
+// on exit.
+package egress
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"sigs.k8s.io/knftables"
+)
+
+// Table is the nftables table of this package.
+const Table = "flatnet-egress"
+
+// Masquerader keeps the egress table in sync.
+type Masquerader struct {
+	nft knftables.Interface
+}
+
+// New returns a Masquerader over the node's nftables (knftables execs nft).
+func New() (*Masquerader, error) {
+	nft, err := knftables.New(knftables.IPv4Family, Table)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return &Masquerader{nft: nft}, nil
+}
+
+// NewWith uses the given knftables interface (a Fake in tests).
+func NewWith(nft knftables.Interface) *Masquerader { return &Masquerader{nft: nft} }
+
+// Sync programs the rules for clusterCIDR and the node addresses.
+func (m *Masquerader) Sync(ctx context.Context, clusterCIDR netip.Prefix, nodeIPs []netip.Addr) error {
+	tx := m.nft.NewTransaction()
+	tx.Add(&knftables.Table{Comment: knftables.PtrTo("flatnet: masquerade pod egress")})
+	tx.Add(&knftables.Set{Name: "nodes", Type: "ipv4_addr", Comment: knftables.PtrTo("InternalIPs of all nodes: never masqueraded")})
+	tx.Flush(&knftables.Set{Name: "nodes"})
+	ips := slices.Clone(nodeIPs)
+	slices.SortFunc(ips, func(a, b netip.Addr) int { return a.Compare(b) })
+	for _, ip := range slices.Compact(ips) {
+		if ip.Is4() {
+			tx.Add(&knftables.Element{Set: "nodes", Key: []string{ip.String()}})
+		}
+	}
+	chain := "postrouting"
+	tx.Add(&knftables.Chain{Name: chain, Type: knftables.PtrTo(knftables.NATType),
+		Hook: knftables.PtrTo(knftables.PostroutingHook), Priority: knftables.PtrTo(knftables.SNATPriority)})
+	tx.Flush(&knftables.Chain{Name: chain})
+	cidr := clusterCIDR.Masked().String()
+	for _, r := range []string{
+		"ip saddr != " + cidr + " return",
+		"ip daddr " + cidr + " return",
+		"ip daddr @nodes return",
+		"masquerade",
+	} {
+		tx.Add(&knftables.Rule{Chain: chain, Rule: r})
+	}
+	if err := m.nft.Run(ctx, tx); err != nil {
+		return fmt.Errorf("program %s: %w", Table, err)
+	}
+	return nil
+}

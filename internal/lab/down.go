@@ -1,0 +1,89 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/flatnet-io/flatnet/internal/netns"
+)
+
+// Down removes everything lab name made: processes, namespaces (and with
+// them every link), state. Running it on a lab that is gone is fine.
+func Down(stateRoot, name string, out io.Writer) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the lab needs root (network namespaces)")
+	}
+	l := NewLayout(stateRoot, name, 0)
+	procs := l.processes()
+	step(out, "stopping %d processes of lab %q", len(procs), name)
+	l.stopAll(5 * time.Second)
+	if left := l.processes(); len(left) > 0 {
+		return fmt.Errorf("processes of the lab survive SIGKILL: %v", left)
+	}
+	names, err := netns.List(l.Prefix())
+	if err != nil {
+		return err
+	}
+	step(out, "removing %d network namespaces %s*", len(names), l.Prefix())
+	var errs []error
+	for _, n := range names {
+		errs = append(errs, netns.Delete(n))
+	}
+	step(out, "removing %s", l.Dir)
+	errs = append(errs, os.RemoveAll(l.Dir))
+	return errors.Join(errs...)
+}
+
+// Forward listens on the machine's loopback and carries each connection to
+// target, dialled from inside the namespace at nsPath: kubectl on the machine
+// reaches the API server in the control-plane namespace through it.
+func Forward(ctx context.Context, listen, nsPath, target string) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	go func() { <-ctx.Done(); ln.Close() }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		go func() {
+			defer c.Close()
+			var up net.Conn
+			err := netns.Do(nsPath, func() (err error) {
+				up, err = net.DialTimeout("tcp", target, 5*time.Second)
+				return err
+			})
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			splice(c, up)
+		}()
+	}
+}
+
+func splice(a, b net.Conn) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	cp := func(dst, src net.Conn) {
+		defer wg.Done()
+		_, _ = io.Copy(dst, src)
+		if tc, ok := dst.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	wg.Wait()
+}

@@ -1,0 +1,88 @@
+// Package lab is `flatnet lab`: a whole Kubernetes cluster network on one
+// machine. It runs the real upstream control plane (flatnet-controlplane,
+// built from Kubernetes v1.37.2), makes each node a network namespace on a
+// lab underlay, and runs a lab kubelet and flatnetd per node.
+//
+// Design notes (the state a lab leaves on the machine while it is up):
+//
+//   - Network namespaces, all named fn-<lab>-*: "switch" holds the underlay
+//     bridge br0 and is also the "outside" host (172.30.0.1); "cp" holds
+//     etcd, kube-apiserver, kube-controller-manager and kube-scheduler
+//     (172.30.0.2); "node-N" is node N (172.30.0.(10+N)) with its flatnetd, its
+//     lab kubelet and, inside, the node bridge made by flatnet-cni; pod
+//     namespaces are fn-<lab>-p-<pod UID>. Each host has a veth to br0 and a
+//     default route via the outside host. Nothing is added to the machine's
+//     own namespace but one loopback listener, the API forwarder for kubectl.
+//   - Processes, started detached (own session), their logs in
+//     <state>/logs/<component>.log and pids in <state>/pids/. Every one of
+//     them either runs in a lab namespace or names the state directory on its
+//     command line, which is how `lab down` finds them all, even orphans.
+//   - Files under <state> (default /var/lib/flatnet/labs/<lab>): PKI,
+//     kubeconfigs, etcd data, per-node CNI config, IPAM store and result cache.
+//
+// `lab down` kills the processes, deletes the namespaces (which removes every
+// veth and bridge in them) and the state directory; it is safe to run twice.
+package lab
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+)
+
+// Fixed addressing of a lab; every lab has its own underlay namespace, so two
+// labs never see each other's addresses.
+var (
+	Underlay    = netip.MustParsePrefix("172.30.0.0/24")
+	OutsideIP   = netip.MustParseAddr("172.30.0.1")
+	APIServerIP = netip.MustParseAddr("172.30.0.2")
+	ClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
+	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
+)
+
+// DefaultStateRoot is where labs keep their files.
+const DefaultStateRoot = "/var/lib/flatnet/labs"
+
+// Layout names everything of one lab.
+type Layout struct {
+	Name  string
+	Nodes int
+	Dir   string // state directory
+}
+
+// NewLayout returns the layout of lab name under root.
+func NewLayout(root, name string, nodes int) Layout {
+	return Layout{Name: name, Nodes: nodes, Dir: filepath.Join(root, name)}
+}
+
+// Prefix starts the name of every namespace of this lab.
+func (l Layout) Prefix() string { return "fn-" + l.Name + "-" }
+
+// NS is the name of the namespace of a role: "switch", "cp", "node-1", ...
+func (l Layout) NS(role string) string { return l.Prefix() + role }
+
+// NodeName is the Kubernetes name of node i (1-based).
+func (l Layout) NodeName(i int) string { return "node-" + strconv.Itoa(i) }
+
+// NodeIP is the underlay address of node i.
+func (l Layout) NodeIP(i int) netip.Addr {
+	a := Underlay.Addr().As4()
+	a[3] = byte(10 + i)
+	return netip.AddrFrom4(a)
+}
+
+// PodNS is the namespace name of a pod.
+func (l Layout) PodNS(uid string) string { return l.Prefix() + "p-" + uid }
+
+// Path joins parts under the state directory.
+func (l Layout) Path(parts ...string) string { return filepath.Join(append([]string{l.Dir}, parts...)...) }
+
+// NodeDir is node i's own directory (CNI config, IPAM, cache, pod state).
+func (l Layout) NodeDir(i int) string { return l.Path("nodes", l.NodeName(i)) }
+
+// APIServerURL is how nodes reach the API server.
+func (l Layout) APIServerURL() string { return fmt.Sprintf("https://%s:6443", APIServerIP) }
+
+// Kubeconfig is the path of a kubeconfig by owner ("admin", "node-1", ...).
+func (l Layout) Kubeconfig(owner string) string { return l.Path("kubeconfig", owner+".kubeconfig") }

@@ -1,0 +1,79 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Status prints the lab's components, nodes and pods.
+func Status(ctx context.Context, stateRoot, name string, out io.Writer) error {
+	l, s, err := Open(stateRoot, name)
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "COMPONENT\tNAMESPACE\tPID\tSTATE")
+	comps := append(l.controlPlane(s.BinDir), component{name: "api-forwarder"})
+	for i := 1; i <= l.Nodes; i++ {
+		comps = append(comps, l.nodeComponents(s.BinDir, i)...)
+	}
+	for _, c := range comps {
+		pid, ok := l.running(c.name)
+		state, ns := "stopped", "(machine)"
+		if ok {
+			state = "running"
+		}
+		if c.ns != "" {
+			ns = l.NS(c.ns)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", c.name, ns, pid, state)
+	}
+	_ = w.Flush()
+	client, err := l.Client()
+	if err != nil {
+		return err
+	}
+	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	fmt.Fprintln(out)
+	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "NODE\tREADY\tINTERNAL-IP\tPOD-CIDR")
+	for _, n := range nodes.Items {
+		ready := "False"
+		for _, c := range n.Status.Conditions {
+			if c.Type == "Ready" {
+				ready = string(c.Status)
+			}
+		}
+		ip := ""
+		for _, a := range n.Status.Addresses {
+			if a.Type == "InternalIP" {
+				ip = a.Address
+			}
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", n.Name, ready, ip, strings.Join(n.Spec.PodCIDRs, ","))
+	}
+	_ = w.Flush()
+	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list pods: %w", err)
+	}
+	sort.Slice(pods.Items, func(i, j int) bool {
+		return pods.Items[i].Namespace+"/"+pods.Items[i].Name < pods.Items[j].Namespace+"/"+pods.Items[j].Name
+	})
+	fmt.Fprintln(out)
+	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "POD\tNODE\tPHASE\tIP")
+	for _, p := range pods.Items {
+		fmt.Fprintf(w, "%s/%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.Spec.NodeName, p.Status.Phase, p.Status.PodIP)
+	}
+	return w.Flush()
+}

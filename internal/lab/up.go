@@ -1,0 +1,248 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/flatnet-io/flatnet/internal/netns"
+)
+
+// Options configure `flatnet lab up`.
+type Options struct {
+	Name      string
+	Nodes     int
+	StateRoot string
+	BinDir    string // flatnet, flatnetd, flatnet-cni, flatnet-controlplane
+	SourceDir string // repository root, to build the control plane when missing
+	Out       io.Writer
+}
+
+// saved is what a lab remembers about itself between commands.
+type saved struct {
+	Nodes   int    `json:"nodes"`
+	BinDir  string `json:"binDir"`
+	APIPort int    `json:"apiPort"`
+}
+
+func (l Layout) load() (saved, error) {
+	var s saved
+	b, err := os.ReadFile(l.Path("lab.json"))
+	if err != nil {
+		return s, err
+	}
+	return s, json.Unmarshal(b, &s)
+}
+
+func (l Layout) save(s saved) error {
+	b, _ := json.MarshalIndent(s, "", "  ")
+	return os.WriteFile(l.Path("lab.json"), b, 0o644)
+}
+
+// Open returns the layout of an existing lab.
+func Open(stateRoot, name string) (Layout, saved, error) {
+	l := NewLayout(stateRoot, name, 0)
+	s, err := l.load()
+	if err != nil {
+		return l, s, fmt.Errorf("lab %q is not up (no %s): %w", name, l.Path("lab.json"), err)
+	}
+	l.Nodes = s.Nodes
+	return l, s, nil
+}
+
+func step(out io.Writer, format string, args ...any) {
+	fmt.Fprintf(out, "==> "+format+"\n", args...)
+}
+
+// Up brings a lab up, or completes one that is partly up.
+func Up(ctx context.Context, o Options) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the lab needs root (network namespaces)")
+	}
+	if o.Nodes < 1 {
+		return errors.New("a lab needs at least one node")
+	}
+	l := NewLayout(o.StateRoot, o.Name, o.Nodes)
+	if prev, err := l.load(); err == nil && prev.Nodes != o.Nodes {
+		return fmt.Errorf("lab %q is up with %d nodes; `flatnet lab down --name %s` first to change that", o.Name, prev.Nodes, o.Name)
+	}
+	if err := ensureControlPlaneBinary(o); err != nil {
+		return err
+	}
+	for _, b := range []string{"flatnet", "flatnetd", "flatnet-cni", "flatnet-controlplane"} {
+		if _, err := os.Stat(binPath(o.BinDir, b)); err != nil {
+			return fmt.Errorf("%s missing in %s (run ./scripts/build.sh): %w", b, o.BinDir, err)
+		}
+	}
+	if err := os.MkdirAll(l.Dir, 0o755); err != nil {
+		return err
+	}
+	s, _ := l.load()
+	s.Nodes, s.BinDir = o.Nodes, o.BinDir
+	if err := l.save(s); err != nil {
+		return err
+	}
+	step(o.Out, "certificates and kubeconfigs in %s", l.Path("pki"))
+	if err := l.ensurePKI(); err != nil {
+		return fmt.Errorf("PKI: %w", err)
+	}
+	step(o.Out, "underlay: namespaces %s{switch,cp,node-1..%d} on bridge br0 (%s)", l.Prefix(), o.Nodes, Underlay)
+	if err := l.ensureTopology(); err != nil {
+		return fmt.Errorf("topology: %w", err)
+	}
+	step(o.Out, "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (logs in %s)", l.Path("logs"))
+	for _, c := range l.controlPlane(o.BinDir) {
+		if err := l.start(c); err != nil {
+			return err
+		}
+	}
+	if err := l.ensureForwarder(o.BinDir, &s); err != nil {
+		return err
+	}
+	client, err := l.Client()
+	if err != nil {
+		return err
+	}
+	if err := waitAPIServer(ctx, client, 3*time.Minute); err != nil {
+		return fmt.Errorf("%w (see %s)", err, l.Path("logs", "kube-apiserver.log"))
+	}
+	if err := applyRBAC(ctx, client); err != nil {
+		return fmt.Errorf("apply flatnet RBAC: %w", err)
+	}
+	step(o.Out, "nodes: lab kubelet and flatnetd on each of %d nodes", o.Nodes)
+	for i := 1; i <= o.Nodes; i++ {
+		if err := os.MkdirAll(l.NodeDir(i), 0o755); err != nil {
+			return err
+		}
+		for _, c := range l.nodeComponents(o.BinDir, i) {
+			if err := l.start(c); err != nil {
+				return err
+			}
+		}
+	}
+	if err := waitNodesReady(ctx, client, o.Nodes, 3*time.Minute); err != nil {
+		return err
+	}
+	kubectl := binPath(o.BinDir, "kubectl")
+	if _, err := os.Lstat(kubectl); err != nil {
+		_ = os.Symlink("flatnet-controlplane", kubectl)
+	}
+	step(o.Out, "lab %q is up: %d nodes Ready", o.Name, o.Nodes)
+	fmt.Fprintf(o.Out, "\n  export KUBECONFIG=%s\n  export PATH=%s:$PATH   # kubectl\n  kubectl get nodes,pods -o wide\n\n", l.Kubeconfig("admin"), o.BinDir)
+	return nil
+}
+
+// ensureForwarder starts the loopback listener that carries kubectl's
+// connections into the control-plane namespace, and points the admin
+// kubeconfig at it.
+func (l Layout) ensureForwarder(binDir string, s *saved) error {
+	if s.APIPort == 0 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		s.APIPort = ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if err := l.save(*s); err != nil {
+			return err
+		}
+	}
+	err := l.start(component{"api-forwarder", "", []string{binPath(binDir, "flatnet"), "lab", "forward",
+		"--listen=127.0.0.1:" + strconv.Itoa(s.APIPort), "--netns=" + netns.Path(l.NS("cp")),
+		"--to=" + APIServerIP.String() + ":6443", "--state-dir=" + l.Dir}})
+	if err != nil {
+		return err
+	}
+	return l.writeKubeconfig("admin", "https://127.0.0.1:"+strconv.Itoa(s.APIPort))
+}
+
+// Client is an admin client of the lab's API server (through the forwarder).
+func (l Layout) Client() (*kubernetes.Clientset, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", l.Kubeconfig("admin"))
+	if err != nil {
+		return nil, err
+	}
+	cfg.QPS, cfg.Burst = 100, 200
+	return kubernetes.NewForConfig(cfg)
+}
+
+func waitAPIServer(ctx context.Context, c *kubernetes.Clientset, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		body, err := c.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		if err == nil && strings.TrimSpace(string(body)) == "ok" {
+			return nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("kube-apiserver not ready after %s: %v", timeout, last)
+}
+
+func waitNodesReady(ctx context.Context, c *kubernetes.Clientset, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	ready := 0
+	for time.Now().Before(deadline) {
+		nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err == nil {
+			ready = 0
+			for _, node := range nodes.Items {
+				for _, cond := range node.Status.Conditions {
+					if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
+						ready++
+					}
+				}
+			}
+			if ready >= n {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("only %d of %d nodes Ready after %s", ready, n, timeout)
+}
+
+// ensureControlPlaneBinary builds flatnet-controlplane from the repository's
+// lab/controlplane module when it is missing; `go build -v` prints each
+// package as it compiles, so the first (multi-minute) build shows progress.
+func ensureControlPlaneBinary(o Options) error {
+	target := binPath(o.BinDir, "flatnet-controlplane")
+	if _, err := os.Stat(target); err == nil {
+		return nil
+	}
+	mod := filepath.Join(o.SourceDir, "lab", "controlplane")
+	if _, err := os.Stat(filepath.Join(mod, "go.mod")); err != nil {
+		return fmt.Errorf("flatnet-controlplane missing and no source at %s to build it", mod)
+	}
+	step(o.Out, "building flatnet-controlplane from Kubernetes v1.37.2 (first build: several minutes)")
+	cmd := exec.Command("go", "build", "-v", "-o", target, ".")
+	cmd.Dir = mod
+	cmd.Stdout, cmd.Stderr = o.Out, o.Out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("build flatnet-controlplane: %w", err)
+	}
+	return nil
+}
