@@ -76,7 +76,9 @@ func (l Layout) NodeIP(i int) netip.Addr {
 func (l Layout) PodNS(uid string) string { return l.Prefix() + "p-" + uid }
 
 // Path joins parts under the state directory.
-func (l Layout) Path(parts ...string) string { return filepath.Join(append([]string{l.Dir}, parts...)...) }
+func (l Layout) Path(parts ...string) string {
+	return filepath.Join(append([]string{l.Dir}, parts...)...)
+}
 
 // NodeDir is node i's own directory (CNI config, IPAM, cache, pod state).
 func (l Layout) NodeDir(i int) string { return l.Path("nodes", l.NodeName(i)) }

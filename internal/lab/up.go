@@ -105,7 +105,8 @@ func Up(ctx context.Context, o Options) error {
 		return fmt.Errorf("topology: %w", err)
 	}
 	step(o.Out, "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (logs in %s)", l.Path("logs"))
-	for _, c := range l.controlPlane(o.BinDir) {
+	cp := l.controlPlane(o.BinDir)
+	for _, c := range cp[:2] { // etcd, kube-apiserver
 		if err := l.start(c); err != nil {
 			return err
 		}
@@ -119,6 +120,12 @@ func Up(ctx context.Context, o Options) error {
 	}
 	if err := waitAPIServer(ctx, client, 3*time.Minute); err != nil {
 		return fmt.Errorf("%w (see %s)", err, l.Path("logs", "kube-apiserver.log"))
+	}
+	// The controllers need the RBAC the API server bootstraps once ready.
+	for _, c := range cp[2:] {
+		if err := l.start(c); err != nil {
+			return err
+		}
 	}
 	if err := applyRBAC(ctx, client); err != nil {
 		return fmt.Errorf("apply flatnet RBAC: %w", err)
