@@ -1,0 +1,232 @@
+package lab_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/flatnet-io/flatnet/internal/netns"
+)
+
+// Six netexec pods spread over the three nodes: every pod reaches every
+// other by pod IP over HTTP and UDP, and the server sees the client pod's
+// own address (no NAT anywhere on the path).
+func TestPodToPodAcrossNodesWithoutNAT(t *testing.T) {
+	requireLab(t)
+	ns := namespace(t)
+	pods := deploy(t, ns, netexecDeployment("netexec", 6))
+	perNode := map[string]int{}
+	for _, p := range pods {
+		perNode[p.Spec.NodeName]++
+	}
+	if len(perNode) != nodes {
+		t.Fatalf("pods on %d nodes, want all %d: %v", len(perNode), nodes, perNode)
+	}
+	for _, from := range pods {
+		for _, to := range pods {
+			got, err := httpGet(podNS(&from), "http://"+net.JoinHostPort(to.Status.PodIP, "8080")+"/clientip")
+			if err != nil {
+				t.Errorf("HTTP %s (%s) -> %s (%s): %v", from.Name, from.Spec.NodeName, to.Name, to.Spec.NodeName, err)
+				continue
+			}
+			if host(got) != from.Status.PodIP {
+				t.Errorf("HTTP %s -> %s: server saw %s, want the client pod's IP %s", from.Name, to.Name, got, from.Status.PodIP)
+			}
+			got, err = udpRequest(podNS(&from), net.JoinHostPort(to.Status.PodIP, "8081"), "clientip")
+			if err != nil {
+				t.Errorf("UDP %s -> %s: %v", from.Name, to.Name, err)
+				continue
+			}
+			if host(got) != from.Status.PodIP {
+				t.Errorf("UDP %s -> %s: server saw %s, want %s", from.Name, to.Name, got, from.Status.PodIP)
+			}
+		}
+	}
+	if got, err := httpGet(podNS(&pods[0]), "http://"+net.JoinHostPort(pods[1].Status.PodIP, "8080")+"/hostname"); err != nil || got != pods[1].Name {
+		t.Errorf("/hostname of %s: %q, %v", pods[1].Name, got, err)
+	}
+}
+
+// A node reaches a pod on another node with its own address; a pod reaches
+// the outside host, which sees the pod's node address (masquerade).
+func TestNodeToPodAndPodToOutside(t *testing.T) {
+	requireLab(t)
+	ns := namespace(t)
+	pods := deploy(t, ns, netexecDeployment("netexec", 3))
+	nodeIPs := map[string]string{}
+	for i := 1; i <= nodes; i++ {
+		nodeIPs[layout.NodeName(i)] = layout.NodeIP(i).String()
+	}
+	for i := 1; i <= nodes; i++ {
+		from := layout.NodeName(i)
+		for _, to := range pods {
+			if to.Spec.NodeName == from {
+				continue
+			}
+			got, err := httpGet(netns.Path(layout.NS(from)), "http://"+net.JoinHostPort(to.Status.PodIP, "8080")+"/clientip")
+			if err != nil {
+				t.Fatalf("%s -> pod %s on %s: %v", from, to.Name, to.Spec.NodeName, err)
+			}
+			if host(got) != nodeIPs[from] {
+				t.Errorf("%s -> pod %s: pod saw %s, want the node's own %s", from, to.Name, got, nodeIPs[from])
+			}
+		}
+	}
+	// The outside host: a TCP server in the switch namespace.
+	var ln net.Listener
+	if err := netns.Do(netns.Path(layout.NS("switch")), func() (err error) { ln, err = net.Listen("tcp", ":9000"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, c.RemoteAddr().String())
+			c.Close()
+		}
+	}()
+	for _, p := range pods {
+		var c net.Conn
+		err := netns.Do(podNS(&p), func() (err error) { c, err = net.DialTimeout("tcp", "172.30.0.1:9000", 3*time.Second); return err })
+		if err != nil {
+			t.Fatalf("pod %s -> outside: %v", p.Name, err)
+		}
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if host(string(b)) != nodeIPs[p.Spec.NodeName] {
+			t.Errorf("outside saw %s from pod %s on %s, want the node's address %s", b, p.Name, p.Spec.NodeName, nodeIPs[p.Spec.NodeName])
+		}
+	}
+}
+
+// Scaling 6 -> 30 -> 0 -> 6 leaves exactly one IPAM claim and one veth per
+// running pod on every node; deleting a pod releases its address and veth.
+func TestScaleLeavesNoLeak(t *testing.T) {
+	requireLab(t)
+	ns := namespace(t)
+	deploy(t, ns, netexecDeployment("scale", 6))
+	for _, n := range []int32{30, 0, 6} {
+		pods := scale(t, ns, "scale", n)
+		assertNodeState(t, pods)
+	}
+	pods := waitReady(t, ns, "scale", 6)
+	victim := pods[0]
+	if err := client.CoreV1().Pods(ns).Delete(context.Background(), victim.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "the deleted pod's address released", func() error {
+		if _, err := client.CoreV1().Pods(ns).Get(context.Background(), victim.Name, metav1.GetOptions{}); err == nil {
+			return fmt.Errorf("pod %s still exists", victim.Name)
+		}
+		for i := 1; i <= nodes; i++ {
+			for _, ip := range ipamClaims(t, i) {
+				if ip == victim.Status.PodIP && layout.NodeName(i) == victim.Spec.NodeName {
+					return fmt.Errorf("%s still claimed", ip)
+				}
+			}
+		}
+		return nil
+	})
+	assertNodeState(t, waitReady(t, ns, "scale", 6))
+}
+
+// assertNodeState checks, per node, that IPAM claims and veths match the
+// running pods exactly (this test's pods are the only ones in the lab).
+func assertNodeState(t *testing.T, pods []corev1.Pod) {
+	t.Helper()
+	eventually(t, time.Minute, "IPAM and veths match running pods", func() error {
+		for i := 1; i <= nodes; i++ {
+			var want []string
+			for _, p := range pods {
+				if p.Spec.NodeName == layout.NodeName(i) {
+					want = append(want, p.Status.PodIP)
+				}
+			}
+			got := ipamClaims(t, i)
+			sort.Strings(want)
+			sort.Strings(got)
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				return fmt.Errorf("%s: IPAM claims %v, running pods %v", layout.NodeName(i), got, want)
+			}
+			if v := podVeths(t, i); v != len(want) {
+				return fmt.Errorf("%s: %d veths for %d pods", layout.NodeName(i), v, len(want))
+			}
+		}
+		return nil
+	})
+}
+
+// Restarting flatnetd keeps an established pod-to-pod TCP connection alive,
+// and the routes converge again.
+func TestFlatnetdRestartKeepsConnections(t *testing.T) {
+	requireLab(t)
+	ns := namespace(t)
+	pods := deploy(t, ns, netexecDeployment("restart", 3))
+	from, to := pods[0], pods[1]
+	var c net.Conn
+	addr := net.JoinHostPort(to.Status.PodIP, "8080")
+	if err := netns.Do(podNS(&from), func() (err error) { c, err = net.DialTimeout("tcp", addr, 3*time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := doRequest(c, addr, "/hostname"); err != nil {
+		t.Fatalf("before restart: %v", err)
+	}
+	for i := 1; i <= nodes; i++ {
+		pid, err := readPid(fmt.Sprintf("flatnetd-%s", layout.NodeName(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(time.Second)
+	// While the agents are down the data path keeps working ...
+	if got, err := doRequest(c, addr, "/hostname"); err != nil || got != to.Name {
+		t.Fatalf("with flatnetd stopped: %q, %v", got, err)
+	}
+	// ... and `lab up` starts them again; routes converge.
+	if out, err := flatnet("lab", "up", "--nodes", fmt.Sprint(nodes)).CombinedOutput(); err != nil {
+		t.Fatalf("lab up: %v\n%s", err, out)
+	}
+	eventually(t, 30*time.Second, "routes to the other nodes' pod CIDRs", func() error {
+		for i := 1; i <= nodes; i++ {
+			out, err := flatnet("lab", "exec", "--node", layout.NodeName(i), "--", "ip", "route", "show", "proto", "74").CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			if n := strings.Count(strings.TrimSpace(string(out)), "\n") + 1; n != nodes-1 {
+				return fmt.Errorf("%s has %d flatnet routes, want %d:\n%s", layout.NodeName(i), n, nodes-1, out)
+			}
+		}
+		return nil
+	})
+	if got, err := doRequest(c, addr, "/hostname"); err != nil || got != to.Name {
+		t.Fatalf("after restart, on the same connection: %q, %v", got, err)
+	}
+}
+
+func readPid(component string) (int, error) {
+	out, err := os.ReadFile(filepath.Join(layout.Dir, "pids", component))
+	if err != nil {
+		return 0, err
+	}
+	var pid int
+	_, err = fmt.Sscan(string(out), &pid)
+	return pid, err
+}
