@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what flatnet's build, demo and tests need on a fresh Debian machine:
-# Debian packages (nftables: the reference portmap plugin's nftables backend
-# in the chaining tests) and the Go modules. Safe to run again.
+# Installs what flatnet's build, lab and tests need on a fresh Debian machine:
+# Debian packages (nftables: flatnetd's egress rules and the reference portmap
+# plugin's nftables backend; iproute2 and curl to look around inside the lab)
+# and the Go modules of both modules. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ fi
 need=()
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if ((${#need[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "setup: need root to install ${need[*]}" >&2
@@ -26,3 +28,4 @@ fi
 
 echo "setup: downloading Go modules ..."
 go mod download
+(cd lab/controlplane && go mod download)

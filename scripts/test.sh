@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, vet, unit tests and the real-kernel CNI
-# tests (root; they skip with a reason otherwise), with the race detector.
-# Pass -short for the unit tests alone.
+# The whole test suite: formatting, vet, unit tests, the real-kernel CNI tests
+# and the end-to-end tests on a 3-node lab (both need root; they skip with a
+# reason otherwise), with the race detector. Pass -short for unit tests alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -17,4 +17,5 @@ go vet ./...
 if [[ ${1:-} == -short ]]; then
 	exec go test -race -count=1 ./internal/...
 fi
-go test -race -count=1 ./...
+./scripts/build-controlplane.sh
+go test -race -count=1 -timeout 60m ./...

@@ -14,7 +14,6 @@ import (
 	"strings"
 	"syscall"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flatnet-io/flatnet/internal/buildinfo"
@@ -60,6 +59,7 @@ func usage(w io.Writer) {
 commands:
   lab up [--nodes N] [--name NAME]   start a lab: real control plane, N nodes, flatnet on each
   lab status [--name NAME]           components, nodes and pods
+  lab traffic [--name NAME]          deploy 6 netexec pods and show cross-node traffic without NAT
   lab kubeconfig [--name NAME]       path of the lab's admin kubeconfig
   lab exec NS/POD -- CMD...          run CMD in a pod's network namespace
   lab exec --node NODE -- CMD...     ... in a node's; --outside: on the outside host
@@ -145,6 +145,11 @@ func runLab(ctx context.Context, args []string) int {
 		return 0
 	case "exec":
 		return runExec(ctx, fs, &lf, args[1:])
+	case "traffic":
+		if err := fs.Parse(args[1:]); err != nil {
+			return 2
+		}
+		return check("lab traffic", lab.Traffic(ctx, lf.stateRoot, lf.name, os.Stdout))
 	case "kubelet":
 		return runKubelet(ctx, args[1:])
 	case "forward":
@@ -183,12 +188,12 @@ func runExec(ctx context.Context, fs *flag.FlagSet, lf *labFlags, args []string)
 	if err != nil {
 		return check("lab exec", err)
 	}
-	var nsName string
+	var nsPath string
 	switch {
 	case *outside:
-		nsName = l.NS("switch")
+		nsPath = netns.Path(l.NS("switch"))
 	case *node != "":
-		nsName = l.NS(*node)
+		nsPath = netns.Path(l.NS(*node))
 	default:
 		ns, name, ok := strings.Cut(target, "/")
 		if !ok {
@@ -202,9 +207,9 @@ func runExec(ctx context.Context, fs *flag.FlagSet, lf *labFlags, args []string)
 		if err != nil {
 			return check("lab exec", err)
 		}
-		nsName = podNamespace(l, pod)
+		nsPath = l.PodNetNS(pod)
 	}
-	cmd := nsexec.Command(netns.Path(nsName), rest[0], rest[1:]...)
+	cmd := nsexec.Command(nsPath, rest[0], rest[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		if ee, ok := err.(interface{ ExitCode() int }); ok && ee.ExitCode() > 0 {
@@ -213,13 +218,6 @@ func runExec(ctx context.Context, fs *flag.FlagSet, lf *labFlags, args []string)
 		return check("lab exec", err)
 	}
 	return 0
-}
-
-func podNamespace(l lab.Layout, pod *corev1.Pod) string {
-	if pod.Spec.HostNetwork {
-		return l.NS(pod.Spec.NodeName)
-	}
-	return l.PodNS(string(pod.UID))
 }
 
 func runKubelet(ctx context.Context, args []string) int {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -113,6 +115,8 @@ func (k *Kubelet) updateNodeStatus(ctx context.Context) error {
 		}
 	}
 	hostname, _ := os.Hostname()
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
 	capacity := corev1.ResourceList{
 		corev1.ResourceCPU:    resource.MustParse(strconv.Itoa(runtime.NumCPU())),
 		corev1.ResourceMemory: resource.MustParse("8Gi"),
@@ -122,7 +126,8 @@ func (k *Kubelet) updateNodeStatus(ctx context.Context) error {
 	node.Status.Conditions = conds
 	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: k.cfg.NodeIP}, {Type: corev1.NodeHostName, Address: k.cfg.NodeName}}
 	node.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: kubeletVersion, ContainerRuntimeVersion: "flatnet-lab://processes",
-		OperatingSystem: runtime.GOOS, Architecture: runtime.GOARCH, OSImage: "flatnet lab on " + hostname}
+		OperatingSystem: runtime.GOOS, Architecture: runtime.GOARCH, OSImage: "flatnet lab on " + hostname,
+		KernelVersion: unix.ByteSliceToString(uts.Release[:])}
 	_, err = k.client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 	return err
 }

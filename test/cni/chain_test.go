@@ -14,6 +14,7 @@ import (
 
 	"github.com/flatnet-io/flatnet/internal/cniruntime"
 	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/probe"
 )
 
 // flatnet-cni first in a conflist, then the reference portmap (nftables
@@ -123,11 +124,7 @@ func serveTCP(t *testing.T, nsPath, addr, reply string) <-chan string {
 
 // dialFrom connects from inside a namespace and reads the whole reply.
 func dialFrom(nsPath, addr string) (string, error) {
-	var c net.Conn
-	err := netns.Do(nsPath, func() (err error) {
-		c, err = net.DialTimeout("tcp", addr, 2*time.Second)
-		return err
-	})
+	c, err := probe.Dial(nsPath, "tcp", addr, 2*time.Second)
 	if err != nil {
 		return "", err
 	}

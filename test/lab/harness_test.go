@@ -4,12 +4,10 @@
 package lab_test
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +22,7 @@ import (
 	"github.com/flatnet-io/flatnet/internal/cnitest"
 	"github.com/flatnet-io/flatnet/internal/lab"
 	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/probe"
 )
 
 var (
@@ -184,70 +183,12 @@ func eventually(t *testing.T, timeout time.Duration, what string, fn func() erro
 }
 
 // podNS is the path of a pod's network namespace.
-func podNS(p *corev1.Pod) string {
-	if p.Spec.HostNetwork {
-		return netns.Path(layout.NS(p.Spec.NodeName))
-	}
-	return netns.Path(layout.PodNS(string(p.UID)))
-}
+func podNS(p *corev1.Pod) string { return layout.PodNetNS(p) }
 
 // httpGet does one HTTP GET from inside a namespace, on a fresh connection.
 func httpGet(nsPath, url string) (string, error) {
-	host := strings.TrimPrefix(url, "http://")
-	host, path, _ := strings.Cut(host, "/")
-	var c net.Conn
-	err := netns.Do(nsPath, func() (err error) {
-		c, err = net.DialTimeout("tcp", host, 3*time.Second)
-		return err
-	})
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	return doRequest(c, host, "/"+path)
-}
-
-func doRequest(c net.Conn, host, path string) (string, error) {
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, host); err != nil {
-		return "", err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b := make([]byte, 4096)
-	n, _ := resp.Body.Read(b)
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("status %d", resp.StatusCode)
-	}
-	return string(b[:n]), nil
-}
-
-// udpRequest sends one datagram from inside a namespace and returns the reply.
-func udpRequest(nsPath, addr, msg string) (string, error) {
-	var c net.Conn
-	err := netns.Do(nsPath, func() (err error) {
-		c, err = net.Dial("udp", addr)
-		return err
-	})
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	for range 3 { // UDP: retry a lost datagram
-		_ = c.SetDeadline(time.Now().Add(time.Second))
-		if _, err := c.Write([]byte(msg)); err != nil {
-			return "", err
-		}
-		b := make([]byte, 1024)
-		n, err := c.Read(b)
-		if err == nil {
-			return string(b[:n]), nil
-		}
-	}
-	return "", fmt.Errorf("no UDP reply from %s", addr)
+	addr, path, _ := strings.Cut(strings.TrimPrefix(url, "http://"), "/")
+	return probe.HTTPGet(nsPath, addr, "/"+path)
 }
 
 func host(hostport string) string {

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/probe"
 )
 
 // Six netexec pods spread over the three nodes: every pod reaches every
@@ -43,7 +44,7 @@ func TestPodToPodAcrossNodesWithoutNAT(t *testing.T) {
 			if host(got) != from.Status.PodIP {
 				t.Errorf("HTTP %s -> %s: server saw %s, want the client pod's IP %s", from.Name, to.Name, got, from.Status.PodIP)
 			}
-			got, err = udpRequest(podNS(&from), net.JoinHostPort(to.Status.PodIP, "8081"), "clientip")
+			got, err = probe.UDPRequest(podNS(&from), net.JoinHostPort(to.Status.PodIP, "8081"), "clientip")
 			if err != nil {
 				t.Errorf("UDP %s -> %s: %v", from.Name, to.Name, err)
 				continue
@@ -100,8 +101,7 @@ func TestNodeToPodAndPodToOutside(t *testing.T) {
 		}
 	}()
 	for _, p := range pods {
-		var c net.Conn
-		err := netns.Do(podNS(&p), func() (err error) { c, err = net.DialTimeout("tcp", "172.30.0.1:9000", 3*time.Second); return err })
+		c, err := probe.Dial(podNS(&p), "tcp", "172.30.0.1:9000", 3*time.Second)
 		if err != nil {
 			t.Fatalf("pod %s -> outside: %v", p.Name, err)
 		}
@@ -177,13 +177,13 @@ func TestFlatnetdRestartKeepsConnections(t *testing.T) {
 	ns := namespace(t)
 	pods := deploy(t, ns, netexecDeployment("restart", 3))
 	from, to := pods[0], pods[1]
-	var c net.Conn
 	addr := net.JoinHostPort(to.Status.PodIP, "8080")
-	if err := netns.Do(podNS(&from), func() (err error) { c, err = net.DialTimeout("tcp", addr, 3*time.Second); return err }); err != nil {
+	c, err := probe.Dial(podNS(&from), "tcp", addr, 3*time.Second)
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := doRequest(c, addr, "/hostname"); err != nil {
+	if _, err := probe.Request(c, addr, "/hostname"); err != nil {
 		t.Fatalf("before restart: %v", err)
 	}
 	for i := 1; i <= nodes; i++ {
@@ -197,7 +197,7 @@ func TestFlatnetdRestartKeepsConnections(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	// While the agents are down the data path keeps working ...
-	if got, err := doRequest(c, addr, "/hostname"); err != nil || got != to.Name {
+	if got, err := probe.Request(c, addr, "/hostname"); err != nil || got != to.Name {
 		t.Fatalf("with flatnetd stopped: %q, %v", got, err)
 	}
 	// ... and `lab up` starts them again; routes converge.
@@ -216,7 +216,7 @@ func TestFlatnetdRestartKeepsConnections(t *testing.T) {
 		}
 		return nil
 	})
-	if got, err := doRequest(c, addr, "/hostname"); err != nil || got != to.Name {
+	if got, err := probe.Request(c, addr, "/hostname"); err != nil || got != to.Name {
 		t.Fatalf("after restart, on the same connection: %q, %v", got, err)
 	}
 }
