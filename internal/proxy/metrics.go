@@ -1,0 +1,44 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the proxy's Prometheus metrics.
+type Metrics struct {
+	syncDuration       prometheus.Histogram
+	syncErrors         prometheus.Counter
+	programmingLatency prometheus.Histogram
+	rules              prometheus.Gauge
+	elements           prometheus.Gauge
+	chains             prometheus.Gauge
+}
+
+// NewMetrics makes unregistered metrics.
+func NewMetrics() *Metrics {
+	return &Metrics{
+		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flatnet_proxy_sync_duration_seconds",
+			Help: "Duration of a full sync of the proxy's nftables table.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "flatnet_proxy_sync_errors_total", Help: "Failed proxy syncs."}),
+		programmingLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flatnet_proxy_network_programming_duration_seconds",
+			Help:    "From an EndpointSlice change (its last-change-trigger-time) to its rules being live.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 18)}),
+		rules:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_rules", Help: "Rules in the proxy's table."}),
+		elements: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_set_elements", Help: "Map and set elements in the proxy's table."}),
+		chains:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_chains", Help: "Chains in the proxy's table."}),
+	}
+}
+
+// Register adds the metrics to r.
+func (m *Metrics) Register(r prometheus.Registerer) {
+	r.MustRegister(m.syncDuration, m.syncErrors, m.programmingLatency, m.rules, m.elements, m.chains)
+}
+
+func (m *Metrics) observeSync(d time.Duration, err error) {
+	m.syncDuration.Observe(d.Seconds())
+	if err != nil {
+		m.syncErrors.Inc()
+	}
+}

@@ -1,0 +1,256 @@
+package proxy
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// ServicePortName identifies one port of one Service.
+type ServicePortName struct {
+	Service  types.NamespacedName
+	Port     string // the port's name ("" for a single unnamed port)
+	Protocol corev1.Protocol
+}
+
+func (s ServicePortName) String() string {
+	out := fmt.Sprintf("%s/%s/%s", s.Service.Namespace, s.Service.Name, strings.ToLower(string(s.Protocol)))
+	if s.Port != "" {
+		out += "/" + s.Port
+	}
+	return out
+}
+
+// ServicePort is everything the rules need about one Service port.
+type ServicePort struct {
+	Name               ServicePortName
+	ClusterIP          netip.Addr
+	Port               uint16
+	NodePort           uint16
+	ExternalIPs        []netip.Addr // spec.externalIPs and status.loadBalancer ingress IPs
+	SourceRanges       []netip.Prefix
+	HealthCheckPort    uint16
+	AffinityTimeout    time.Duration // 0: no session affinity
+	InternalLocal      bool          // internalTrafficPolicy: Local
+	ExternalLocal      bool          // externalTrafficPolicy: Local (with NodePort/LB/externalIPs)
+	TrafficDistributed bool          // spec.trafficDistribution set: use topology hints
+}
+
+// Protocol is the nftables name of the port's protocol.
+func (sp *ServicePort) Protocol() string { return strings.ToLower(string(sp.Name.Protocol)) }
+
+// HasExternal reports whether the port is reachable from outside the cluster.
+func (sp *ServicePort) HasExternal() bool { return sp.NodePort != 0 || len(sp.ExternalIPs) > 0 }
+
+// Endpoint is one backend of a Service port.
+type Endpoint struct {
+	IP          netip.Addr
+	Port        uint16
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	Local       bool // on this node
+	Zones       []string
+}
+
+func (e Endpoint) String() string { return netip.AddrPortFrom(e.IP, e.Port).String() }
+
+// servicePorts turns a Service into its ports; headless and ExternalName
+// Services have none for the proxy.
+func servicePorts(svc *corev1.Service) []*ServicePort {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil
+	}
+	clusterIP, err := netip.ParseAddr(svc.Spec.ClusterIP)
+	if err != nil || !clusterIP.Is4() { // "None" (headless), empty, or another family
+		return nil
+	}
+	var external []netip.Addr
+	for _, s := range svc.Spec.ExternalIPs {
+		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+			external = append(external, a)
+		}
+	}
+	for _, ing := range svc.Status.LoadBalancer.Ingress {
+		if a, err := netip.ParseAddr(ing.IP); err == nil && a.Is4() {
+			external = append(external, a)
+		}
+	}
+	var ranges []netip.Prefix
+	for _, s := range svc.Spec.LoadBalancerSourceRanges {
+		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && p.Addr().Is4() {
+			ranges = append(ranges, p.Masked())
+		}
+	}
+	var affinity time.Duration
+	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		affinity = 10800 * time.Second
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			affinity = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
+		}
+	}
+	var out []*ServicePort
+	for _, p := range svc.Spec.Ports {
+		if p.Protocol != corev1.ProtocolTCP && p.Protocol != corev1.ProtocolUDP && p.Protocol != "" {
+			continue // SCTP: no kernel support here
+		}
+		proto := p.Protocol
+		if proto == "" {
+			proto = corev1.ProtocolTCP
+		}
+		sp := &ServicePort{
+			Name:            ServicePortName{Service: types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}, Port: p.Name, Protocol: proto},
+			ClusterIP:       clusterIP,
+			Port:            uint16(p.Port),
+			ExternalIPs:     external,
+			SourceRanges:    ranges,
+			AffinityTimeout: affinity,
+			InternalLocal:   svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,
+		}
+		if svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			sp.NodePort = uint16(p.NodePort)
+		}
+		if sp.HasExternal() && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
+			sp.ExternalLocal = true
+			sp.HealthCheckPort = uint16(svc.Spec.HealthCheckNodePort)
+		}
+		sp.TrafficDistributed = svc.Spec.TrafficDistribution != nil
+		out = append(out, sp)
+	}
+	return out
+}
+
+// sliceEndpoints collects the endpoints of every port of a Service from its
+// EndpointSlices (IPv4 slices only), deduplicated by address and port.
+func sliceEndpoints(slicesOf []*discoveryv1.EndpointSlice, node string) map[string][]Endpoint {
+	out := map[string][]Endpoint{} // key: port name + "/" + protocol
+	seen := map[string]bool{}
+	for _, s := range slicesOf {
+		if s.AddressType != discoveryv1.AddressTypeIPv4 {
+			continue
+		}
+		for _, p := range s.Ports {
+			if p.Port == nil {
+				continue
+			}
+			name, proto := "", corev1.ProtocolTCP
+			if p.Name != nil {
+				name = *p.Name
+			}
+			if p.Protocol != nil {
+				proto = *p.Protocol
+			}
+			key := name + "/" + string(proto)
+			for _, e := range s.Endpoints {
+				ep := Endpoint{
+					Port:        uint16(*p.Port),
+					Ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
+					Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
+					Local:       e.NodeName != nil && *e.NodeName == node,
+				}
+				ep.Serving = e.Conditions.Serving == nil && ep.Ready || e.Conditions.Serving != nil && *e.Conditions.Serving
+				if e.Hints != nil {
+					for _, z := range e.Hints.ForZones {
+						ep.Zones = append(ep.Zones, z.Name)
+					}
+				}
+				for _, a := range e.Addresses {
+					ip, err := netip.ParseAddr(a)
+					if err != nil {
+						continue
+					}
+					ep.IP = ip
+					id := key + "/" + ep.String()
+					if seen[id] {
+						continue
+					}
+					seen[id] = true
+					out[key] = append(out[key], ep)
+				}
+			}
+		}
+	}
+	for k := range out {
+		slices.SortFunc(out[k], func(a, b Endpoint) int {
+			if c := a.IP.Compare(b.IP); c != 0 {
+				return c
+			}
+			return int(a.Port) - int(b.Port)
+		})
+	}
+	return out
+}
+
+// usable picks the endpoints traffic may go to: the ready ones, or, when
+// none is ready, the serving ones that are terminating (upstream's
+// terminating-endpoint fallback). local keeps only endpoints on this node.
+// With zone hints (trafficDistribution), endpoints hinted for zone are
+// preferred when every usable endpoint carries a hint and one matches.
+func usable(eps []Endpoint, local bool, zone string, hints bool) []Endpoint {
+	pick := func(ok func(Endpoint) bool) []Endpoint {
+		var out []Endpoint
+		for _, e := range eps {
+			if ok(e) && (!local || e.Local) {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	out := pick(func(e Endpoint) bool { return e.Ready && !e.Terminating })
+	if len(out) == 0 {
+		out = pick(func(e Endpoint) bool { return e.Serving && e.Terminating })
+	}
+	if !hints || zone == "" || local {
+		return out
+	}
+	var inZone []Endpoint
+	for _, e := range out {
+		if len(e.Zones) == 0 {
+			return out // a hint is missing: use all, as upstream does
+		}
+		if slices.Contains(e.Zones, zone) {
+			inZone = append(inZone, e)
+		}
+	}
+	if len(inZone) == 0 {
+		return out
+	}
+	return inZone
+}
+
+// hashName makes a short stable prefix for chain names.
+func hashName(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return strings.ToLower(base32.StdEncoding.EncodeToString(sum[:])[:8])
+}
+
+func svcChain(sp *ServicePort) string {
+	return "svc-" + hashName(sp.Name.String()) + "-" + sp.Name.String()
+}
+
+func localChain(sp *ServicePort) string {
+	return "svl-" + hashName(sp.Name.String()) + "-" + sp.Name.String()
+}
+
+func extChain(sp *ServicePort) string {
+	return "ext-" + hashName(sp.Name.String()) + "-" + sp.Name.String()
+}
+
+func epChain(sp *ServicePort, e Endpoint) string {
+	id := sp.Name.String() + "__" + e.IP.String() + "/" + strconv.Itoa(int(e.Port))
+	return "ep-" + hashName(id) + "-" + id
+}
+
+func affinitySet(sp *ServicePort, e Endpoint) string {
+	id := sp.Name.String() + "__" + e.IP.String() + "/" + strconv.Itoa(int(e.Port))
+	return "aff-" + hashName(id)
+}

@@ -1,0 +1,274 @@
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"sigs.k8s.io/knftables"
+)
+
+// Table is the nftables table the proxy owns.
+const Table = "flatnet-proxy"
+
+// Names of the fixed objects of the table.
+const (
+	servicesChain       = "services"
+	masqChain           = "masquerading"
+	markMasqChain       = "mark-for-masquerade"
+	rejectChecksChain   = "reject-checks"
+	rejectChain         = "reject-chain"
+	serviceIPsMap       = "service-ips"
+	serviceNodePortsMap = "service-nodeports"
+	noEndpointsMap      = "no-endpoint-services"
+	noEndpointNodePorts = "no-endpoint-nodeports"
+	clusterIPsSet       = "cluster-ips"
+	masqBit             = "0x4000"
+)
+
+// builder collects one sync's transaction and remembers which chains and
+// sets it made, so the caller can delete the ones that are no longer needed.
+type builder struct {
+	tx     *knftables.Transaction
+	cfg    *Config
+	chains map[string]bool
+	sets   map[string]bool
+	rules  int
+	elems  int
+}
+
+func newBuilder(tx *knftables.Transaction, cfg *Config) *builder {
+	return &builder{tx: tx, cfg: cfg, chains: map[string]bool{}, sets: map[string]bool{}}
+}
+
+func (b *builder) chain(name string) {
+	if !b.chains[name] {
+		b.chains[name] = true
+		b.tx.Add(&knftables.Chain{Name: name})
+	}
+}
+
+func (b *builder) rule(chain string, parts ...any) {
+	b.rules++
+	b.tx.Add(&knftables.Rule{Chain: chain, Rule: knftables.Concat(parts...)})
+}
+
+func (b *builder) element(m string, key []string, verdict string) {
+	b.elems++
+	b.tx.Add(&knftables.Element{Map: m, Key: key, Value: []string{verdict}})
+}
+
+// base declares the objects every ruleset has: hooks, maps, the masquerade
+// and reject machinery; baseRules fills them. Each base chain only dispatches into maps, so the work
+// per packet does not grow with the number of Services.
+func (b *builder) base() {
+	tx := b.tx
+	tx.Add(&knftables.Table{Comment: knftables.PtrTo("flatnet service proxy")})
+	for _, m := range []struct{ name, typ, comment string }{
+		{serviceIPsMap, "ipv4_addr . inet_proto . inet_service : verdict", "ClusterIP, external and load-balancer IPs of Services with endpoints"},
+		{serviceNodePortsMap, "inet_proto . inet_service : verdict", "NodePorts of Services with endpoints"},
+		{noEndpointsMap, "ipv4_addr . inet_proto . inet_service : verdict", "Service IPs without usable endpoints: reject or drop"},
+		{noEndpointNodePorts, "inet_proto . inet_service : verdict", "NodePorts without usable endpoints: reject or drop"},
+	} {
+		tx.Add(&knftables.Map{Name: m.name, Type: m.typ, Comment: knftables.PtrTo(m.comment)})
+	}
+	tx.Add(&knftables.Set{Name: clusterIPsSet, Type: "ipv4_addr", Comment: knftables.PtrTo("every ClusterIP: unknown ports are rejected")})
+
+	hook := func(name string, typ knftables.BaseChainType, h knftables.BaseChainHook, prio knftables.BaseChainPriority) {
+		b.chains[name] = true
+		tx.Add(&knftables.Chain{Name: name, Type: knftables.PtrTo(typ), Hook: knftables.PtrTo(h), Priority: knftables.PtrTo(prio)})
+	}
+	hook("nat-prerouting", knftables.NATType, knftables.PreroutingHook, knftables.DNATPriority)
+	hook("nat-output", knftables.NATType, knftables.OutputHook, knftables.DNATPriority)
+	hook("nat-postrouting", knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority)
+	hook("filter-input", knftables.FilterType, knftables.InputHook, knftables.FilterPriority+"-10")
+	hook("filter-forward", knftables.FilterType, knftables.ForwardHook, knftables.FilterPriority+"-10")
+	hook("filter-output", knftables.FilterType, knftables.OutputHook, knftables.FilterPriority+"-10")
+	for _, c := range []string{servicesChain, masqChain, markMasqChain, rejectChecksChain, rejectChain} {
+		b.chain(c)
+	}
+}
+
+// baseRules fills the fixed chains (after the caller flushed the table).
+func (b *builder) baseRules() {
+	b.rule("nat-prerouting", "jump", servicesChain)
+	b.rule("nat-output", "jump", servicesChain)
+	b.rule("nat-postrouting", "jump", masqChain)
+	b.rule("filter-input", "jump", rejectChecksChain)
+	b.rule("filter-forward", "ct state invalid drop")
+	b.rule("filter-forward", "jump", rejectChecksChain)
+	b.rule("filter-output", "jump", rejectChecksChain)
+
+	b.rule(servicesChain, "ip daddr . meta l4proto . th dport vmap", "@", serviceIPsMap)
+	b.rule(servicesChain, "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap", "@", serviceNodePortsMap)
+	b.rule(markMasqChain, "meta mark set meta mark or", masqBit)
+	b.rule(masqChain, "meta mark and", masqBit, "== 0 return")
+	b.rule(masqChain, "meta mark set meta mark xor", masqBit)
+	b.rule(masqChain, "masquerade fully-random")
+	b.rule(rejectChecksChain, "ct state new ip daddr . meta l4proto . th dport vmap", "@", noEndpointsMap)
+	b.rule(rejectChecksChain, "ct state new fib daddr type local meta l4proto . th dport vmap", "@", noEndpointNodePorts)
+	b.rule(rejectChecksChain, "ct state new ip daddr", "@", clusterIPsSet, "reject")
+	b.rule(rejectChain, "reject")
+}
+
+// servicePort adds the chains, rules and map elements of one Service port.
+func (b *builder) servicePort(sp *ServicePort, eps []Endpoint) {
+	cfg := b.cfg
+	proto, port := sp.Protocol(), strconv.Itoa(int(sp.Port))
+	vip := sp.ClusterIP.String()
+	b.tx.Add(&knftables.Element{Set: clusterIPsSet, Key: []string{vip}})
+	b.elems++
+
+	all := usable(eps, false, cfg.NodeZone, sp.TrafficDistributed)
+	cluster := all
+	if sp.InternalLocal {
+		cluster = usable(eps, true, "", false)
+	}
+	// Cluster traffic: the ClusterIP.
+	switch {
+	case len(cluster) > 0:
+		b.lbChain(svcChain(sp), sp, cluster, true)
+		b.element(serviceIPsMap, []string{vip, proto, port}, "goto "+svcChain(sp))
+	case len(all) > 0: // internalTrafficPolicy Local without a local endpoint
+		b.element(noEndpointsMap, []string{vip, proto, port}, "drop")
+	default:
+		b.element(noEndpointsMap, []string{vip, proto, port}, "goto "+rejectChain)
+	}
+	if !sp.HasExternal() {
+		return
+	}
+	// External traffic: NodePort, externalIPs, load-balancer IPs.
+	var target string
+	if len(all) == 0 {
+		target = ""
+	} else {
+		target = extChain(sp)
+		b.externalChain(sp, all)
+	}
+	external := func(ip string) {
+		key := []string{ip, proto, port}
+		switch {
+		case target == "":
+			b.element(noEndpointsMap, key, "goto "+rejectChain)
+		case len(sp.SourceRanges) > 0:
+			fw := "fw-" + strings.TrimPrefix(extChain(sp), "ext-")
+			b.chain(fw)
+			b.rule(fw, "ip saddr {", joinPrefixes(sp.SourceRanges), "} goto", target)
+			b.rule(fw, "drop")
+			b.element(serviceIPsMap, key, "goto "+fw)
+		default:
+			b.element(serviceIPsMap, key, "goto "+target)
+		}
+	}
+	for _, ip := range sp.ExternalIPs {
+		external(ip.String())
+	}
+	if sp.NodePort != 0 {
+		key := []string{proto, strconv.Itoa(int(sp.NodePort))}
+		if target == "" {
+			b.element(noEndpointNodePorts, key, "goto "+rejectChain)
+		} else {
+			b.element(serviceNodePortsMap, key, "goto "+target)
+		}
+	}
+}
+
+// externalChain is the entry for traffic from outside: with policy Cluster it
+// is masqueraded and balanced over every endpoint; with policy Local it keeps
+// the client's address and goes to this node's endpoints only (dropped when
+// there are none), except traffic from pods and from the node itself, which
+// is treated as cluster traffic, as upstream does.
+func (b *builder) externalChain(sp *ServicePort, all []Endpoint) {
+	ext := extChain(sp)
+	b.chain(ext)
+	if !sp.ExternalLocal {
+		b.rule(ext, "jump", markMasqChain)
+		if sp.InternalLocal { // the ClusterIP chain holds local endpoints only
+			lb := "svx-" + strings.TrimPrefix(svcChain(sp), "svc-")
+			b.lbChain(lb, sp, all, false)
+			b.rule(ext, "goto", lb)
+		} else {
+			b.rule(ext, "goto", svcChain(sp))
+		}
+		return
+	}
+	clusterTarget := svcChain(sp)
+	if sp.InternalLocal {
+		clusterTarget = "svx-" + strings.TrimPrefix(svcChain(sp), "svc-")
+		b.lbChain(clusterTarget, sp, all, false)
+	}
+	if b.cfg.ClusterCIDR.IsValid() {
+		b.rule(ext, "ip saddr", b.cfg.ClusterCIDR.String(), "goto", clusterTarget)
+	}
+	b.rule(ext, "fib saddr type local jump", markMasqChain)
+	b.rule(ext, "fib saddr type local goto", clusterTarget)
+	local := usable(all, true, "", false)
+	if len(local) == 0 {
+		b.rule(ext, "drop")
+		return
+	}
+	b.lbChain(localChain(sp), sp, local, false)
+	b.rule(ext, "goto", localChain(sp))
+}
+
+// lbChain balances over eps at random (numgen), after the session-affinity
+// shortcuts; cluster marks traffic from outside the cluster CIDR for
+// masquerade, as it arrives at the ClusterIP from a node or the outside.
+func (b *builder) lbChain(name string, sp *ServicePort, eps []Endpoint, cluster bool) {
+	b.chain(name)
+	if cluster {
+		switch {
+		case b.cfg.MasqueradeAll:
+			b.rule(name, "jump", markMasqChain)
+		case b.cfg.ClusterCIDR.IsValid():
+			b.rule(name, "ip saddr !=", b.cfg.ClusterCIDR.String(), "jump", markMasqChain)
+		}
+	}
+	for _, e := range eps {
+		b.endpointChain(sp, e)
+		if sp.AffinityTimeout > 0 {
+			b.rule(name, "ip saddr", "@", affinitySet(sp, e), "goto", epChain(sp, e))
+		}
+	}
+	if len(eps) == 1 {
+		b.rule(name, "goto", epChain(sp, eps[0]))
+		return
+	}
+	var vmap []string
+	for i, e := range eps {
+		vmap = append(vmap, fmt.Sprintf("%d : goto %s", i, epChain(sp, e)))
+	}
+	b.rule(name, "numgen random mod", len(eps), "vmap {", strings.Join(vmap, " , "), "}")
+}
+
+// endpointChain DNATs to one endpoint; hairpin traffic (the endpoint
+// reaching itself through the Service) is masqueraded so the reply comes
+// back through this node.
+func (b *builder) endpointChain(sp *ServicePort, e Endpoint) {
+	name := epChain(sp, e)
+	if b.chains[name] {
+		return
+	}
+	b.chain(name)
+	b.rule(name, "ip saddr", e.IP.String(), "jump", markMasqChain)
+	if sp.AffinityTimeout > 0 {
+		set := affinitySet(sp, e)
+		if !b.sets[set] {
+			b.sets[set] = true
+			secs := int(sp.AffinityTimeout.Seconds())
+			b.tx.Add(&knftables.Set{Name: set, Type: "ipv4_addr", Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
+				Timeout: knftables.PtrTo(sp.AffinityTimeout), Comment: knftables.PtrTo(fmt.Sprintf("clients of %s (%ds affinity)", e, secs))})
+		}
+		b.rule(name, "update", "@", set, "{ ip saddr }")
+	}
+	b.rule(name, "meta l4proto", sp.Protocol(), "dnat to", e.String())
+}
+
+func joinPrefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ", ")
+}

@@ -1,0 +1,292 @@
+// Package proxy_test drives the service proxy with real packets: a node
+// namespace with pods wired by flatnet-cni, an outside host linked to it,
+// Services and EndpointSlices handed to the proxier, its ruleset applied with
+// the real nft, and connections made from pods, the node and the outside.
+// Needs root; skips with the reason otherwise.
+package proxy_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/cniruntime"
+	"github.com/flatnet-io/flatnet/internal/cnitest"
+	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/probe"
+	"github.com/flatnet-io/flatnet/internal/proxy"
+)
+
+var (
+	pluginDir  string
+	skipReason string
+	prefix     = fmt.Sprintf("fn-px%d-", os.Getpid()%100000)
+	serial     atomic.Int32
+)
+
+const (
+	nodeUplinkIP = "192.168.88.1"
+	outsideIP    = "192.168.88.2"
+	clusterCIDR  = "10.244.0.0/16"
+	podCIDR      = "10.244.1.0/24"
+)
+
+func TestMain(m *testing.M) { os.Exit(runMain(m)) }
+
+func runMain(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		skipReason = "real-packet proxy tests need root (network namespaces, nftables)"
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "flatnet-proxy-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if err := cnitest.BuildFlatnet(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	pluginDir = dir
+	code := m.Run()
+	if left, _ := netns.List(prefix); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "LEAK: namespaces left: %v\n", left)
+		return 1
+	}
+	return code
+}
+
+// env is one node with pods, an outside host, and a proxier.
+type env struct {
+	t       *testing.T
+	name    string
+	node    string // namespace path
+	outside string
+	rt      *cniruntime.Runtime
+	proxier *proxy.Proxier
+	pods    map[string]*pod
+}
+
+type pod struct {
+	name string
+	ns   string
+	ip   string
+}
+
+// newEnv makes the node (bridge via flatnet-cni, uplink to the outside
+// host) and a proxier for it; zone is the node's topology zone.
+func newEnv(t *testing.T, zone string) *env {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	e := &env{t: t, name: fmt.Sprintf("%s%d", prefix, serial.Add(1)), pods: map[string]*pod{}}
+	e.node = e.mkns("node")
+	e.outside = e.mkns("out")
+	e.link()
+	dir := t.TempDir()
+	conflist := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"fntest","plugins":[{"type":"flatnet-cni","bridge":"fn0","ipam":{"ranges":[[{"subnet":%q}]],"dataDir":%q}}]}`, podCIDR, dir+"/ipam")
+	rt, err := cniruntime.New(e.node, []string{pluginDir}, filepath.Join(dir, "cache"), []byte(conflist))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.rt = rt
+	err = netns.Do(e.node, func() error {
+		nft, err := knftables.New(knftables.IPv4Family, proxy.Table)
+		if err != nil {
+			return err
+		}
+		cfg := proxy.Config{NodeName: "node-1", NodeZone: zone, ClusterCIDR: netip.MustParsePrefix(clusterCIDR)}
+		e.proxier = proxy.New(cfg, nft, nsConntrack{e.node}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.proxier.Close()
+		for _, p := range e.pods {
+			_ = e.rt.Del(context.Background(), cniruntime.Pod{ID: p.name, NetNS: p.ns, IfName: "eth0"})
+		}
+	})
+	return e
+}
+
+func (e *env) mkns(role string) string {
+	e.t.Helper()
+	name := e.name + "-" + role
+	path, err := netns.Create(name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = netns.Delete(name) })
+	return path
+}
+
+// link wires node and outside host: 192.168.88.1 <-> .2; the outside host
+// routes the cluster's Service and external ranges to the node.
+func (e *env) link() {
+	e.t.Helper()
+	out, err := vnetns.GetFromPath(e.outside)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer out.Close()
+	nodeH, outH := e.handle(e.node), e.handle(e.outside)
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = "uplink"
+	if err := nodeH.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "eth0", PeerNamespace: netlink.NsFd(out)}); err != nil {
+		e.t.Fatal(err)
+	}
+	for _, c := range []struct {
+		h    *netlink.Handle
+		name string
+		cidr string
+	}{{nodeH, "uplink", nodeUplinkIP + "/24"}, {outH, "eth0", outsideIP + "/24"}} {
+		l, err := c.h.LinkByName(c.name)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		a, _ := netlink.ParseAddr(c.cidr)
+		if err := c.h.AddrAdd(l, a); err != nil {
+			e.t.Fatal(err)
+		}
+		if err := c.h.LinkSetUp(l); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	// Each side's default route points at the other, as a node's points at
+	// its network: Service IPs have no route of their own.
+	for _, r := range []struct {
+		h   *netlink.Handle
+		dev string
+		gw  string
+	}{{outH, "eth0", nodeUplinkIP}, {nodeH, "uplink", outsideIP}} {
+		l, _ := r.h.LinkByName(r.dev)
+		if err := r.h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP(r.gw)}); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+func (e *env) handle(path string) *netlink.Handle {
+	e.t.Helper()
+	ns, err := vnetns.GetFromPath(path)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(h.Close)
+	return h
+}
+
+// addPod wires a pod and starts a TCP server on 8080 and a UDP server on
+// 8081 that answer "<pod> <client address>".
+func (e *env) addPod(name string) *pod {
+	e.t.Helper()
+	path := e.mkns(name)
+	res, err := e.rt.Add(context.Background(), cniruntime.Pod{ID: name, NetNS: path, IfName: "eth0", Namespace: "ns", Name: name})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	r, _ := current.NewResultFromResult(res)
+	p := &pod{name: name, ns: path, ip: r.IPs[0].Address.IP.String()}
+	e.pods[name] = p
+	var ln net.Listener
+	var pc net.PacketConn
+	err = netns.Do(path, func() (err error) {
+		if ln, err = net.Listen("tcp", ":8080"); err != nil {
+			return err
+		}
+		pc, err = net.ListenPacket("udp", ":8081")
+		return err
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { ln.Close(); pc.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, name+" "+c.RemoteAddr().String())
+			c.Close()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo([]byte(name+" "+addr.String()), addr)
+		}
+	}()
+	return p
+}
+
+// sync programs the proxier's current state into the node's nftables.
+func (e *env) sync() {
+	e.t.Helper()
+	if err := netns.Do(e.node, func() error { return e.proxier.Sync(context.Background()) }); err != nil {
+		e.t.Fatalf("sync: %v", err)
+	}
+}
+
+// tcp connects from a namespace and returns "<pod> <client address>".
+func tcp(nsPath, addr string) (string, error) {
+	c, err := probe.Dial(nsPath, "tcp", addr, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// backendOf is the pod that answered.
+func backendOf(reply string) string { return strings.Fields(reply + " ")[0] }
+
+// seenClient is the client address the backend saw.
+func seenClient(reply string) string {
+	f := strings.Fields(reply)
+	if len(f) < 2 {
+		return ""
+	}
+	h, _, _ := net.SplitHostPort(f[1])
+	return h
+}
+
+// nsConntrack runs the kernel conntrack cleanup inside the node namespace.
+type nsConntrack struct{ node string }
+
+func (c nsConntrack) ClearService(sp *proxy.ServicePort) error {
+	return netns.Do(c.node, func() error { return proxy.KernelConntrack{}.ClearService(sp) })
+}
+
+func (c nsConntrack) ClearEndpoint(sp *proxy.ServicePort, ip netip.Addr) error {
+	return netns.Do(c.node, func() error { return proxy.KernelConntrack{}.ClearEndpoint(sp, ip) })
+}
