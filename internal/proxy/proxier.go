@@ -16,8 +16,8 @@
 // cluster CIDR, external traffic with policy Cluster) and applied at
 // postrouting.
 //
-// Every sync writes the whole table in one nftables transaction ("flush
-// table" and refill), so the kernel goes from one consistent ruleset to the
+// Every sync writes the whole table in one nftables transaction (every chain
+// and map flushed and refilled), so the kernel goes from one consistent ruleset to the
 // next; stale chains and sets go in the same transaction. Nothing is flushed
 // on exit. After a sync, conntrack entries of UDP flows that would now
 // blackhole (removed endpoints, Services gone or going from 0 to N
@@ -193,9 +193,13 @@ func (p *Proxier) sync(ctx context.Context, snap snapshot) error {
 	tx := p.nft.NewTransaction()
 	b := newBuilder(tx, &p.cfg)
 	b.base()
-	// "flush table" empties every chain but leaves map and set elements, so
-	// the fixed maps are flushed too; affinity sets keep their clients.
-	tx.Flush(&knftables.Table{})
+	// Empty every chain that exists and the fixed maps; affinity sets keep
+	// their clients. ("flush table" would do the chains in one line, but
+	// each chain is named so that the Fake, which treats it differently,
+	// sees the same transaction as the kernel.)
+	for _, c := range existingChains {
+		tx.Flush(&knftables.Chain{Name: c})
+	}
 	for _, m := range []string{serviceIPsMap, serviceNodePortsMap, noEndpointsMap, noEndpointNodePorts} {
 		tx.Flush(&knftables.Map{Name: m})
 	}

@@ -102,7 +102,10 @@ func TestRejectsAndIgnoredServices(t *testing.T) {
 	headless := svc("headless", "None")
 	e.proxier.UpdateService(headless)
 	e.proxier.UpdateSlice(slice("headless", readyOn(a, "node-1")))
-	e.proxier.UpdateService(svc("ext", "", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeExternalName; s.Spec.ExternalName = "example.com" }))
+	e.proxier.UpdateService(svc("ext", "", func(s *corev1.Service) {
+		s.Spec.Type = corev1.ServiceTypeExternalName
+		s.Spec.ExternalName = "example.com"
+	}))
 	e.sync()
 	refused(t, client.ns, "10.96.0.20:80")
 	refused(t, e.node, "10.96.0.20:80")
