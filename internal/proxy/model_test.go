@@ -36,7 +36,11 @@ func TestServicePorts(t *testing.T) {
 	}
 	for _, ignored := range []*corev1.Service{
 		service("headless", "None", corev1.ServicePort{Port: 80}),
-		func() *corev1.Service { s := service("ext", "", corev1.ServicePort{Port: 80}); s.Spec.Type = corev1.ServiceTypeExternalName; return s }(),
+		func() *corev1.Service {
+			s := service("ext", "", corev1.ServicePort{Port: 80})
+			s.Spec.Type = corev1.ServiceTypeExternalName
+			return s
+		}(),
 		service("v6", "fd00::10", corev1.ServicePort{Port: 80}),
 	} {
 		if got := servicePorts(ignored); len(got) != 0 {
