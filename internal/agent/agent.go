@@ -7,7 +7,12 @@
 //     pods, the intended "not ready" state;
 //   - a route to every other node's pod CIDR via its InternalIP (package
 //     routes);
-//   - pod egress leaving the cluster is masqueraded (package egress).
+//   - pod egress leaving the cluster is masqueraded (package egress);
+//   - with --proxy (the default), Services are programmed into nftables by
+//     the service proxy (package proxy), which replaces kube-proxy; bridged
+//     IPv4 traffic is sent through the IP hooks
+//     (net.bridge.bridge-nf-call-iptables=1 in the node's namespace) so that
+//     replies from a backend on the same bridge are de-NATed.
 //
 // Design notes: informer events only poke a runner; each sync computes the
 // whole desired state from the informer cache and applies it, level
@@ -43,6 +48,7 @@ import (
 
 	"github.com/flatnet-io/flatnet/internal/cniconf"
 	"github.com/flatnet-io/flatnet/internal/egress"
+	"github.com/flatnet-io/flatnet/internal/proxy"
 	"github.com/flatnet-io/flatnet/internal/routes"
 )
 
@@ -55,6 +61,8 @@ type Agent struct {
 	masq    *egress.Masquerader
 	metrics *metrics
 
+	registry *prometheus.Registry
+
 	installed atomic.Bool // the conflist is in place
 	lastErr   atomic.Pointer[error]
 	trigger   chan struct{}
@@ -62,7 +70,7 @@ type Agent struct {
 
 // Run runs the agent until ctx ends.
 func Run(ctx context.Context, o *Options, log *slog.Logger) error {
-	a := &Agent{o: o, log: log, metrics: newMetrics(), trigger: make(chan struct{}, 1)}
+	a := &Agent{o: o, log: log, metrics: newMetrics(), trigger: make(chan struct{}, 1), registry: prometheus.NewRegistry()}
 	stop, err := a.serve()
 	if err != nil {
 		return err
@@ -106,6 +114,16 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 		return ctx.Err()
 	}
 	log.Info("watching nodes", "node", o.NodeName)
+	if o.Proxy {
+		zone := ""
+		if self, err := a.nodes.Get(o.NodeName); err == nil {
+			zone = self.Labels[corev1.LabelTopologyZone]
+		}
+		if err := a.startProxy(ctx, factory, zone); err != nil {
+			return err
+		}
+		log.Info("service proxy running", "table", "ip "+proxy.Table)
+	}
 	a.loop(ctx)
 	return nil
 }
@@ -277,9 +295,8 @@ func (a *Agent) serve() (func(), error) {
 	if err := start(a.o.HealthAddr, a.healthHandler()); err != nil {
 		return stopAll, err
 	}
-	reg := prometheus.NewRegistry()
-	a.metrics.register(reg)
-	if err := start(a.o.MetricsAddr, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})); err != nil {
+	a.metrics.register(a.registry)
+	if err := start(a.o.MetricsAddr, promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{})); err != nil {
 		return stopAll, err
 	}
 	return stopAll, nil

@@ -13,22 +13,24 @@ import (
 
 // Options are flatnetd's flags.
 type Options struct {
-	Kubeconfig  string // "" = in-cluster configuration
-	NodeName    string
-	ClusterCIDR netip.Prefix
-	PodCIDRs    []netip.Prefix // static pod CIDRs: no API server needed
-	CNIConfDir  string
-	CNIConfName string
-	HealthAddr  string
-	MetricsAddr string
-	Resync      time.Duration
-	Conf        cniconf.Options
+	Kubeconfig    string // "" = in-cluster configuration
+	NodeName      string
+	ClusterCIDR   netip.Prefix
+	PodCIDRs      []netip.Prefix // static pod CIDRs: no API server needed
+	CNIConfDir    string
+	CNIConfName   string
+	HealthAddr    string
+	MetricsAddr   string
+	Resync        time.Duration
+	Proxy         bool // run the service proxy
+	MasqueradeAll bool
+	Conf          cniconf.Options
 }
 
 // Defaults returns the options a node uses unless told otherwise.
 func Defaults() *Options {
 	return &Options{CNIConfDir: "/etc/cni/net.d", CNIConfName: "10-flatnet.conflist",
-		HealthAddr: "127.0.0.1:9465", MetricsAddr: ":9466", Resync: 30 * time.Second}
+		HealthAddr: "127.0.0.1:9465", MetricsAddr: ":9466", Resync: 30 * time.Second, Proxy: true}
 }
 
 type prefixList struct{ out *[]netip.Prefix }
@@ -85,6 +87,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.HealthAddr, "health-addr", o.HealthAddr, "address of /healthz (empty: off)")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "address of /metrics (empty: off)")
 	fs.DurationVar(&o.Resync, "resync", o.Resync, "period of the full resync of routes and rules")
+	fs.BoolVar(&o.Proxy, "proxy", o.Proxy, "run the service proxy (replaces kube-proxy)")
+	fs.BoolVar(&o.MasqueradeAll, "masquerade-all", false, "masquerade all traffic to Services")
 	fs.StringVar(&o.Conf.Bridge, "bridge", "", "node bridge name (default flatnet0)")
 	fs.IntVar(&o.Conf.MTU, "mtu", 0, "pod MTU (default: the node's uplink MTU)")
 	fs.BoolVar(&o.Conf.Portmap, "portmap", false, "chain the portmap plugin for hostPort support")
