@@ -5,8 +5,8 @@
 //     (Node.spec.podCIDRs, from the controller manager's node IPAM); until
 //     the node has them there is no conflist and the runtime cannot start
 //     pods, the intended "not ready" state;
-//   - a route to every other node's pod CIDR via its InternalIP (package
-//     routes);
+//   - IP forwarding on, and a route to every other node's pod CIDR via its
+//     InternalIP (package routes);
 //   - pod egress leaving the cluster is masqueraded (package egress);
 //   - with --proxy (the default), Services are programmed into nftables by
 //     the service proxy (package proxy), which replaces kube-proxy; bridged
@@ -48,6 +48,7 @@ import (
 
 	"github.com/flatnet-io/flatnet/internal/cniconf"
 	"github.com/flatnet-io/flatnet/internal/egress"
+	"github.com/flatnet-io/flatnet/internal/podnet"
 	"github.com/flatnet-io/flatnet/internal/proxy"
 	"github.com/flatnet-io/flatnet/internal/routes"
 )
@@ -214,6 +215,9 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 	} else if err := a.installConflist(podCIDRs(self)); err != nil {
 		errs = append(errs, err)
 	}
+	// The node forwards for pods and for Service traffic to other nodes even
+	// before flatnet-cni (which also does this) has wired its first pod.
+	errs = append(errs, podnet.EnableForwarding(true, false))
 	added, deleted, err := routes.Sync(a.handle, want)
 	if added+deleted > 0 {
 		a.log.Info("routes updated", "added", added, "deleted", deleted, "total", len(want))
