@@ -6,15 +6,18 @@
 // proxy and nothing else. Base chains at the NAT and filter hooks only
 // dispatch into verdict maps keyed by "address . protocol . port" (and
 // "protocol . port" for NodePorts), so the per-packet cost stays constant as
-// Services grow. Each Service port has a chain balancing over per-endpoint
-// chains with `numgen random mod N`, each endpoint chain DNATs; session
-// affinity is a dynamic per-endpoint set with the affinity timeout. Packets
+// Services grow. Each Service port has a chain that picks an endpoint at
+// random with a cascade of `numgen random mod k == 0 dnat to ...` rules (no
+// anonymous sets: see lbChain); with session affinity the picks go through
+// per-endpoint chains that record the client in a dynamic set with the
+// affinity timeout. Packets
 // to a Service without usable endpoints are rejected (ICMP) or, for a Local
 // traffic policy without local endpoints, dropped; packets to an unknown port
 // of a ClusterIP are rejected; conntrack-INVALID packets are dropped.
-// Masquerade is a mark set where needed (hairpin, traffic from outside the
-// cluster CIDR, external traffic with policy Cluster) and applied at
-// postrouting.
+// Masquerade is a mark set where needed (traffic from outside the cluster
+// CIDR, external traffic with policy Cluster) and applied at postrouting,
+// where hairpin traffic (a DNATed packet from an endpoint to itself, matched
+// in one set of endpoint pairs) is marked too.
 //
 // Every sync writes the whole table in one nftables transaction (every chain
 // and map flushed and refilled), so the kernel goes from one consistent ruleset to the
@@ -204,16 +207,18 @@ func (p *Proxier) sync(ctx context.Context, snap snapshot) error {
 		tx.Flush(&knftables.Map{Name: m})
 	}
 	tx.Flush(&knftables.Set{Name: clusterIPsSet})
+	tx.Flush(&knftables.Set{Name: hairpinSet})
 	b.baseRules()
 	for _, sp := range snap.ports {
 		b.servicePort(sp, snap.eps[sp.Name])
 	}
+	b.hairpinElements()
 	for _, c := range existingChains {
 		if !b.chains[c] {
 			tx.Delete(&knftables.Chain{Name: c})
 		}
 	}
-	fixedSets := map[string]bool{serviceIPsMap: true, serviceNodePortsMap: true, noEndpointsMap: true, noEndpointNodePorts: true, clusterIPsSet: true}
+	fixedSets := map[string]bool{serviceIPsMap: true, serviceNodePortsMap: true, noEndpointsMap: true, noEndpointNodePorts: true, clusterIPsSet: true, hairpinSet: true}
 	for _, s := range existingSets {
 		if !b.sets[s] && !fixedSets[s] {
 			tx.Delete(&knftables.Set{Name: s})

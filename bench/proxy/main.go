@@ -1,0 +1,112 @@
+// Command proxy measures the service proxy's nftables syncs at scale, with
+// the real nft in a throwaway namespace and no API server: the first full
+// sync with N Services x E endpoints, then syncs after one Service changes.
+// Run as root: go run ./bench/proxy [-services 10000 -endpoints 2].
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"runtime"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/proxy"
+)
+
+type noConntrack struct{}
+
+func (noConntrack) ClearService(*proxy.ServicePort) error               { return nil }
+func (noConntrack) ClearEndpoint(*proxy.ServicePort, netip.Addr) error { return nil }
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	services := flag.Int("services", 10000, "Services")
+	endpoints := flag.Int("endpoints", 2, "endpoints per Service")
+	changes := flag.Int("changes", 20, "single-Service changes to time after the first sync")
+	flag.Parse()
+	name := fmt.Sprintf("fn-benchproxy-%d", os.Getpid())
+	path, err := netns.Create(name)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer netns.Delete(name)
+	err = netns.Do(path, func() error { return bench(*services, *endpoints, *changes) })
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+func svc(i int) *corev1.Service {
+	return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: fmt.Sprintf("svc-%d", i)},
+		Spec: corev1.ServiceSpec{ClusterIP: fmt.Sprintf("10.96.%d.%d", i/250, i%250+1), Type: corev1.ServiceTypeClusterIP,
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}}
+}
+
+func slice(i, eps, gen int) *discoveryv1.EndpointSlice {
+	s := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: fmt.Sprintf("svc-%d-x", i),
+		Labels: map[string]string{discoveryv1.LabelServiceName: fmt.Sprintf("svc-%d", i)}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(8080)), Protocol: ptr.To(corev1.ProtocolTCP)}}}
+	for e := range eps {
+		n := i*eps + e + gen
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.%d.%d.%d", 128+n/65000%64, n/250%260%256, n%250+1)},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+	}
+	return s
+}
+
+func bench(services, eps, changes int) error {
+	nft, err := knftables.New(knftables.IPv4Family, proxy.Table)
+	if err != nil {
+		return err
+	}
+	p := proxy.New(proxy.Config{NodeName: "node-1", ClusterCIDR: netip.MustParsePrefix("10.128.0.0/10")}, nft, noConntrack{},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer p.Close()
+	for i := range services {
+		p.UpdateService(svc(i))
+		p.UpdateSlice(slice(i, eps, 0))
+	}
+	ctx := context.Background()
+	start := time.Now()
+	if err := p.Sync(ctx); err != nil {
+		return err
+	}
+	first := time.Since(start)
+	var lat []time.Duration
+	for c := range changes {
+		p.UpdateSlice(slice(c, eps, 7+c))
+		start := time.Now()
+		if err := p.Sync(ctx); err != nil {
+			return err
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Printf("services=%d endpoints/service=%d\n", services, eps)
+	fmt.Printf("first full sync: %s\n", first.Round(time.Millisecond))
+	if len(lat) > 0 {
+		fmt.Printf("sync after one EndpointSlice change: p50 %s p99 %s (n=%d)\n", lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)*99/100].Round(time.Millisecond), len(lat))
+	}
+	fmt.Printf("Go heap in use: %d MiB\n", ms.HeapInuse>>20)
+	return nil
+}
