@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"time"
 
@@ -91,6 +92,11 @@ func bench(services, eps, changes int) error {
 	}
 	first := time.Since(start)
 	var lat []time.Duration
+	if f := os.Getenv("CPUPROFILE"); f != "" {
+		pf, _ := os.Create(f)
+		_ = pprof.StartCPUProfile(pf)
+		defer pprof.StopCPUProfile()
+	}
 	for c := range changes {
 		p.UpdateSlice(slice(c, eps, 7+c))
 		start := time.Now()

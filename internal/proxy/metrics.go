@@ -10,6 +10,7 @@ import (
 type Metrics struct {
 	syncDuration       prometheus.Histogram
 	syncErrors         prometheus.Counter
+	syncs              *prometheus.CounterVec
 	programmingLatency prometheus.Histogram
 	rules              prometheus.Gauge
 	elements           prometheus.Gauge
@@ -20,8 +21,9 @@ type Metrics struct {
 func NewMetrics() *Metrics {
 	return &Metrics{
 		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flatnet_proxy_sync_duration_seconds",
-			Help: "Duration of a full sync of the proxy's nftables table.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+			Help: "Duration of a sync of the proxy's nftables table (full or partial).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "flatnet_proxy_sync_errors_total", Help: "Failed proxy syncs."}),
+		syncs:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flatnet_proxy_syncs_total", Help: "Proxy syncs by kind (full, partial)."}, []string{"kind"}),
 		programmingLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flatnet_proxy_network_programming_duration_seconds",
 			Help:    "From an EndpointSlice change (its last-change-trigger-time) to its rules being live.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 18)}),
@@ -33,7 +35,7 @@ func NewMetrics() *Metrics {
 
 // Register adds the metrics to r.
 func (m *Metrics) Register(r prometheus.Registerer) {
-	r.MustRegister(m.syncDuration, m.syncErrors, m.programmingLatency, m.rules, m.elements, m.chains)
+	r.MustRegister(m.syncDuration, m.syncErrors, m.syncs, m.programmingLatency, m.rules, m.elements, m.chains)
 }
 
 func (m *Metrics) observeSync(d time.Duration, err error) {
@@ -42,3 +44,5 @@ func (m *Metrics) observeSync(d time.Duration, err error) {
 		m.syncErrors.Inc()
 	}
 }
+
+func (m *Metrics) observeKind(kind string) { m.syncs.WithLabelValues(kind).Inc() }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -129,4 +130,62 @@ func TestResyncDeletesStaleChains(t *testing.T) {
 	if strings.Count(dump, "ct state invalid drop") != 1 {
 		t.Fatalf("INVALID packets are not dropped:\n%s", dump)
 	}
+}
+
+// After any sequence of changes, the table a partial sync leaves is the
+// table a full sync of the same state writes.
+func TestPartialSyncEqualsFullSync(t *testing.T) {
+	p, fake, _ := newFakeProxier(t)
+	np := service("np", "10.96.0.30", corev1.ServicePort{Name: "http", Port: 80, NodePort: 30080})
+	np.Spec.Type = corev1.ServiceTypeNodePort
+	steps := []func(){
+		func() {
+			p.UpdateService(service("web", "10.96.0.10", corev1.ServicePort{Name: "http", Port: 80}, corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}))
+			p.UpdateSlice(slice("web", 8080, corev1.ProtocolTCP, ready("10.244.1.2", "node-1"), ready("10.244.2.2", "node-2")))
+			p.UpdateService(np)
+			p.UpdateSlice(slice("np", 8080, corev1.ProtocolTCP, ready("10.244.1.5", "node-1")))
+		},
+		func() { p.UpdateSlice(slice("web", 8080, corev1.ProtocolTCP, ready("10.244.1.3", "node-1"))) },
+		func() {
+			s := service("sticky", "10.96.0.11", corev1.ServicePort{Name: "http", Port: 80})
+			s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+			p.UpdateService(s)
+			p.UpdateSlice(slice("sticky", 8080, corev1.ProtocolTCP, ready("10.244.1.3", "node-1"), ready("10.244.3.3", "node-3")))
+		},
+		func() { p.UpdateSlice(slice("sticky", 8080, corev1.ProtocolTCP, ready("10.244.3.3", "node-3"))) },
+		func() { p.DeleteService(service("web", "10.96.0.10")) },
+		func() {
+			p.DeleteService(np)
+			p.UpdateService(service("sticky", "10.96.0.11", corev1.ServicePort{Name: "http", Port: 81}))
+		},
+	}
+	for i, step := range steps {
+		step()
+		if err := p.Sync(context.Background()); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		fresh, freshFake, _ := newFakeProxier(t)
+		p.mu.Lock()
+		for _, s := range p.services {
+			fresh.UpdateService(s)
+		}
+		for _, byName := range p.slices {
+			for _, s := range byName {
+				fresh.UpdateSlice(s)
+			}
+		}
+		p.mu.Unlock()
+		if err := fresh.Sync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := sortedLines(fake.Dump()), sortedLines(freshFake.Dump()); got != want {
+			t.Fatalf("step %d: partial sync differs from a full sync:\n--- partial\n%s\n--- full\n%s", i, got, want)
+		}
+	}
+}
+
+func sortedLines(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
 }

@@ -38,6 +38,24 @@ type builder struct {
 	hairpin map[netip.Addr]bool
 	rules   int
 	elems   int
+	cur     *portObjects // the Service port being built, nil for the base
+}
+
+// portObjects is what one Service port put into the table, so that a later
+// partial sync can take exactly that out again.
+type portObjects struct {
+	sp       *ServicePort
+	eps      []Endpoint // as received, before selection
+	chains   []string
+	elements []mapElement
+	sets     []string // affinity sets
+	hairpin  []netip.Addr
+	rules    int
+}
+
+type mapElement struct {
+	m   string
+	key []string
 }
 
 func newBuilder(tx *knftables.Transaction, cfg *Config) *builder {
@@ -48,6 +66,9 @@ func (b *builder) chain(name string) {
 	if !b.chains[name] {
 		b.chains[name] = true
 		b.tx.Add(&knftables.Chain{Name: name})
+		if b.cur != nil {
+			b.cur.chains = append(b.cur.chains, name)
+		}
 	}
 }
 
@@ -58,6 +79,9 @@ func (b *builder) rule(chain string, parts ...any) {
 
 func (b *builder) element(m string, key []string, verdict string) {
 	b.elems++
+	if b.cur != nil {
+		b.cur.elements = append(b.cur.elements, mapElement{m: m, key: key})
+	}
 	b.tx.Add(&knftables.Element{Map: m, Key: key, Value: []string{verdict}})
 }
 
@@ -116,8 +140,18 @@ func (b *builder) baseRules() {
 	b.rule(rejectChain, "reject")
 }
 
-// servicePort adds the chains, rules and map elements of one Service port.
-func (b *builder) servicePort(sp *ServicePort, eps []Endpoint) {
+// servicePort adds the chains, rules and map elements of one Service port
+// and returns what it added.
+func (b *builder) servicePort(sp *ServicePort, eps []Endpoint) *portObjects {
+	b.cur = &portObjects{sp: sp, eps: eps}
+	defer func() { b.cur = nil }()
+	before := b.rules
+	b.buildPort(sp, eps)
+	b.cur.rules = b.rules - before
+	return b.cur
+}
+
+func (b *builder) buildPort(sp *ServicePort, eps []Endpoint) {
 	cfg := b.cfg
 	proto, port := sp.Protocol(), strconv.Itoa(int(sp.Port))
 	vip := sp.ClusterIP.String()
@@ -240,6 +274,9 @@ func (b *builder) lbChain(name string, sp *ServicePort, eps []Endpoint, cluster 
 	affinity := sp.AffinityTimeout > 0
 	for _, e := range eps {
 		b.hairpin[e.IP] = true
+		if b.cur != nil {
+			b.cur.hairpin = append(b.cur.hairpin, e.IP)
+		}
 		if affinity {
 			b.endpointChain(sp, e)
 			b.rule(name, "ip saddr", "@", affinitySet(sp, e), "goto", epChain(sp, e))
@@ -271,6 +308,9 @@ func (b *builder) endpointChain(sp *ServicePort, e Endpoint) {
 	set := affinitySet(sp, e)
 	if !b.sets[set] {
 		b.sets[set] = true
+		if b.cur != nil {
+			b.cur.sets = append(b.cur.sets, set)
+		}
 		secs := int(sp.AffinityTimeout.Seconds())
 		b.tx.Add(&knftables.Set{Name: set, Type: "ipv4_addr", Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
 			Timeout: knftables.PtrTo(sp.AffinityTimeout), Comment: knftables.PtrTo(fmt.Sprintf("clients of %s (%ds affinity)", e, secs))})
