@@ -118,6 +118,7 @@ func runLab(ctx context.Context, args []string) int {
 	case "up":
 		o := lab.Options{Out: os.Stdout, BinDir: binDir()}
 		fs.IntVar(&o.Nodes, "nodes", 3, "number of nodes")
+		fs.BoolVar(&o.NoProxy, "no-proxy", false, "run flatnetd without its service proxy")
 		if err := fs.Parse(args[1:]); err != nil {
 			return 2
 		}

@@ -1,6 +1,9 @@
 package lab
 
-import "strconv"
+import (
+	"strconv"
+	"time"
+)
 
 // controlPlane is the upstream control plane, all in the "cp" namespace.
 func (l Layout) controlPlane(binDir string) []component {
@@ -42,7 +45,7 @@ func (l Layout) controlPlane(binDir string) []component {
 
 // nodeComponents are the per-node processes: the lab kubelet and flatnetd,
 // both inside the node's namespace.
-func (l Layout) nodeComponents(binDir string, i int) []component {
+func (l Layout) nodeComponents(binDir string, i int, proxy bool) []component {
 	n := l.NodeName(i)
 	dir := l.NodeDir(i)
 	return []component{
@@ -51,6 +54,7 @@ func (l Layout) nodeComponents(binDir string, i int) []component {
 			"--cni-conf-dir=" + dir + "/cni/net.d", "--ipam-data-dir=" + dir + "/ipam",
 			"--cluster-cidr=" + ClusterCIDR.String(),
 			"--health-addr=127.0.0.1:9465", "--metrics-addr=0.0.0.0:9466",
+			"--proxy=" + strconv.FormatBool(proxy),
 		}},
 		{"kubelet-" + n, n, []string{binPath(binDir, "flatnet"), "lab", "kubelet",
 			"--kubeconfig=" + l.Kubeconfig("kubelet-"+n), "--node-name=" + n,
@@ -60,3 +64,19 @@ func (l Layout) nodeComponents(binDir string, i int) []component {
 		}},
 	}
 }
+
+// AgentArgs is the command line of node i's flatnetd, with the service proxy
+// on or off (the Service benchmark swaps proxies on a node with it).
+func (l Layout) AgentArgs(binDir string, i int, proxy bool) []string {
+	return l.nodeComponents(binDir, i, proxy)[0].argv
+}
+
+// StartProcess starts a detached process of the lab in the namespace of
+// role ("" for the machine's), logging to <state>/logs/<name>.log; it is a
+// no-op when one of that name runs. `lab down` stops it with the rest.
+func (l Layout) StartProcess(name, role string, argv []string) error {
+	return l.start(component{name: name, ns: role, argv: argv})
+}
+
+// StopProcess stops the process of that name (SIGTERM, SIGKILL after grace).
+func (l Layout) StopProcess(name string, grace time.Duration) { l.stop(name, grace) }

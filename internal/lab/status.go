@@ -21,7 +21,7 @@ func Status(ctx context.Context, stateRoot, name string, out io.Writer) error {
 	fmt.Fprintln(w, "COMPONENT\tNAMESPACE\tPID\tSTATE")
 	comps := append(l.controlPlane(s.BinDir), component{name: "api-forwarder"})
 	for i := 1; i <= l.Nodes; i++ {
-		comps = append(comps, l.nodeComponents(s.BinDir, i)...)
+		comps = append(comps, l.nodeComponents(s.BinDir, i, true)...)
 	}
 	for _, c := range comps {
 		pid, ok := l.running(c.name)

@@ -29,6 +29,7 @@ type Options struct {
 	StateRoot string
 	BinDir    string // flatnet, flatnetd, flatnet-cni, flatnet-controlplane
 	SourceDir string // repository root, to build the control plane when missing
+	NoProxy   bool   // flatnetd without its service proxy (to run another one)
 	Out       io.Writer
 }
 
@@ -135,7 +136,7 @@ func Up(ctx context.Context, o Options) error {
 		if err := os.MkdirAll(l.NodeDir(i), 0o755); err != nil {
 			return err
 		}
-		for _, c := range l.nodeComponents(o.BinDir, i) {
+		for _, c := range l.nodeComponents(o.BinDir, i, !o.NoProxy) {
 			if err := l.start(c); err != nil {
 				return err
 			}

@@ -11,6 +11,7 @@ type Metrics struct {
 	syncDuration       prometheus.Histogram
 	syncErrors         prometheus.Counter
 	syncs              *prometheus.CounterVec
+	lastFullSync       prometheus.Gauge
 	programmingLatency prometheus.Histogram
 	rules              prometheus.Gauge
 	elements           prometheus.Gauge
@@ -22,8 +23,9 @@ func NewMetrics() *Metrics {
 	return &Metrics{
 		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flatnet_proxy_sync_duration_seconds",
 			Help: "Duration of a sync of the proxy's nftables table (full or partial).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
-		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "flatnet_proxy_sync_errors_total", Help: "Failed proxy syncs."}),
-		syncs:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flatnet_proxy_syncs_total", Help: "Proxy syncs by kind (full, partial)."}, []string{"kind"}),
+		syncErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "flatnet_proxy_sync_errors_total", Help: "Failed proxy syncs."}),
+		lastFullSync: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_last_full_sync_seconds", Help: "Duration of the last full sync."}),
+		syncs:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flatnet_proxy_syncs_total", Help: "Proxy syncs by kind (full, partial)."}, []string{"kind"}),
 		programmingLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flatnet_proxy_network_programming_duration_seconds",
 			Help:    "From an EndpointSlice change (its last-change-trigger-time) to its rules being live.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 18)}),
@@ -35,7 +37,7 @@ func NewMetrics() *Metrics {
 
 // Register adds the metrics to r.
 func (m *Metrics) Register(r prometheus.Registerer) {
-	r.MustRegister(m.syncDuration, m.syncErrors, m.syncs, m.programmingLatency, m.rules, m.elements, m.chains)
+	r.MustRegister(m.syncDuration, m.syncErrors, m.syncs, m.lastFullSync, m.programmingLatency, m.rules, m.elements, m.chains)
 }
 
 func (m *Metrics) observeSync(d time.Duration, err error) {

@@ -215,8 +215,12 @@ func (p *Proxier) Sync(ctx context.Context) error {
 func (p *Proxier) sync(ctx context.Context, snap snapshot) error {
 	var err error
 	if p.programmed == nil || time.Since(p.lastFull) > FullSyncPeriod {
+		start := time.Now()
 		err = p.fullSync(ctx, snap)
 		p.metrics.observeKind("full")
+		if err == nil {
+			p.metrics.lastFullSync.Set(time.Since(start).Seconds())
+		}
 	} else {
 		err = p.partialSync(ctx, snap)
 		p.metrics.observeKind("partial")

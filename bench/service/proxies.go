@@ -1,0 +1,111 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flatnet-io/flatnet/internal/lab"
+	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/nsexec"
+)
+
+// proxyUnderTest is one service proxy that can run on node-1.
+type proxyUnderTest struct {
+	name    string
+	process string // lab process name
+	metrics string // metrics address inside node-1
+	// the metric with full-sync durations (sum and count are read)
+	fullSync string
+	table    string // what to remove after it stopped: nft table or iptables
+	argv     func(l lab.Layout, bin string) []string
+}
+
+func proxies() []proxyUnderTest {
+	kubeProxy := func(mode string) func(l lab.Layout, bin string) []string {
+		return func(l lab.Layout, bin string) []string {
+			return []string{filepath.Join(bin, "flatnet-controlplane"), "kube-proxy",
+				"--kubeconfig=" + l.Kubeconfig("flatnetd-node-1"), "--hostname-override=node-1",
+				"--proxy-mode=" + mode, "--cluster-cidr=" + lab.ClusterCIDR.String(),
+				"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256",
+				// leave the machine-wide conntrack limits alone
+				"--conntrack-max-per-core=0", "--conntrack-min=0",
+				"--v=1"}
+		}
+	}
+	return []proxyUnderTest{
+		{name: "flatnet", process: "flatnetd-node-1", metrics: "127.0.0.1:9466",
+			fullSync: "flatnet_proxy_sync_duration_seconds", table: "ip flatnet-proxy",
+			argv: func(l lab.Layout, bin string) []string { return l.AgentArgs(bin, 1, true) }},
+		{name: "kube-proxy-nftables", process: "bench-kube-proxy", metrics: "127.0.0.1:10249",
+			fullSync: "kubeproxy_sync_full_proxy_rules_duration_seconds", table: "nftables", argv: kubeProxy("nftables")},
+		{name: "kube-proxy-iptables", process: "bench-kube-proxy", metrics: "127.0.0.1:10249",
+			fullSync: "kubeproxy_sync_proxy_rules_duration_seconds", table: "iptables", argv: kubeProxy("iptables")},
+	}
+}
+
+// start runs the proxy on node-1 (flatnetd there is restarted with or
+// without its proxy, so that exactly one proxy programs the node).
+func start(l lab.Layout, bin string, p proxyUnderTest) (int, error) {
+	l.StopProcess("flatnetd-node-1", 10*time.Second)
+	if p.name != "flatnet" {
+		if err := l.StartProcess("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false)); err != nil {
+			return 0, err
+		}
+	}
+	if err := l.StartProcess(p.process, "node-1", p.argv(l, bin)); err != nil {
+		return 0, err
+	}
+	b, err := os.ReadFile(l.Path("pids", p.process))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// stop ends the proxy and removes what it programmed, so the next one starts
+// from a clean node (and flatnetd runs without a proxy meanwhile).
+func stop(l lab.Layout, bin string, p proxyUnderTest) error {
+	l.StopProcess(p.process, 15*time.Second)
+	node := netns.Path(l.NS("node-1"))
+	switch p.table {
+	case "ip flatnet-proxy":
+		_ = runIn(node, "nft", "delete", "table", "ip", "flatnet-proxy")
+	default:
+		mode := "nftables"
+		if p.table == "iptables" {
+			mode = "iptables"
+		}
+		_ = runIn(node, filepath.Join(bin, "flatnet-controlplane"), "kube-proxy", "--cleanup", "--proxy-mode="+mode)
+	}
+	if p.name == "flatnet" {
+		return l.StartProcess("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false))
+	}
+	return nil
+}
+
+func runIn(nsPath, name string, args ...string) error {
+	cmd := nsexec.Command(nsPath, name, args...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s %v: %w: %s", name, args, err, out)
+	}
+	return nil
+}
+
+// rss is the resident set size of a process, in MiB.
+func rss(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
