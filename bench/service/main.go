@@ -33,6 +33,7 @@ import (
 	"github.com/flatnet-io/flatnet/internal/cnitest"
 	"github.com/flatnet-io/flatnet/internal/lab"
 	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/nsexec"
 )
 
 type row struct {
@@ -47,7 +48,10 @@ type row struct {
 	programmingFailures error
 }
 
-func main() { os.Exit(run()) }
+func main() {
+	nsexec.MaybeRun() // the lab starts its processes by re-executing this binary
+	os.Exit(run())
+}
 
 func run() int {
 	sizes := flag.String("services", "1000,10000", "numbers of Services present, comma-separated")
@@ -68,12 +72,12 @@ func run() int {
 	}
 	bin := filepath.Join(root, "bin")
 	o := lab.Options{Name: "bench", Nodes: 2, StateRoot: lab.DefaultStateRoot, BinDir: bin, SourceDir: root, NoProxy: true, Out: os.Stdout}
+	if !*keep {
+		defer func() { _ = lab.Down(o.StateRoot, o.Name, os.Stdout) }()
+	}
 	if err := lab.Up(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
-	}
-	if !*keep {
-		defer func() { _ = lab.Down(o.StateRoot, o.Name, os.Stdout) }()
 	}
 	rows, err := measureAll(ctx, o, *sizes, *only, *samples)
 	report(rows)
