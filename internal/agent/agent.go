@@ -62,7 +62,9 @@ type Agent struct {
 	masq    *egress.Masquerader
 	metrics *metrics
 
-	registry *prometheus.Registry
+	registry  *prometheus.Registry
+	proxier   *proxy.Proxier // nil without --proxy
+	proxyPoke chan struct{}
 
 	installed atomic.Bool // the conflist is in place
 	lastErr   atomic.Pointer[error]
@@ -71,7 +73,8 @@ type Agent struct {
 
 // Run runs the agent until ctx ends.
 func Run(ctx context.Context, o *Options, log *slog.Logger) error {
-	a := &Agent{o: o, log: log, metrics: newMetrics(), trigger: make(chan struct{}, 1), registry: prometheus.NewRegistry()}
+	a := &Agent{o: o, log: log, metrics: newMetrics(), trigger: make(chan struct{}, 1), registry: prometheus.NewRegistry(),
+		proxyPoke: make(chan struct{}, 1)}
 	stop, err := a.serve()
 	if err != nil {
 		return err
@@ -210,6 +213,10 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 	}
 	a.metrics.nodes.Set(float64(len(nodes)))
 	var errs []error
+	if self != nil && a.proxier != nil && a.proxier.SetZone(self.Labels[corev1.LabelTopologyZone]) {
+		a.log.Info("node zone changed; resyncing Services", "zone", self.Labels[corev1.LabelTopologyZone])
+		a.pokeProxy()
+	}
 	if self == nil || len(podCIDRs(self)) == 0 {
 		a.log.Info("waiting for this node's pod CIDR", "node", a.o.NodeName)
 	} else if err := a.installConflist(podCIDRs(self)); err != nil {

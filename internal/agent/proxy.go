@@ -32,13 +32,8 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	p := proxy.New(proxy.Config{NodeName: a.o.NodeName, NodeZone: zone, ClusterCIDR: a.o.ClusterCIDR, MasqueradeAll: a.o.MasqueradeAll},
 		nft, proxy.KernelConntrack{}, a.log.With("component", "proxy"))
 	p.Metrics().Register(a.registry)
-	trigger := make(chan struct{}, 1)
-	poke := func() {
-		select {
-		case trigger <- struct{}{}:
-		default:
-		}
-	}
+	a.proxier = p
+	poke := a.pokeProxy
 	unwrap := func(obj any) any {
 		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 			return d.Obj
@@ -77,8 +72,15 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	if !cache.WaitForCacheSync(ctx.Done(), svcs.HasSynced, eps.HasSynced) {
 		return ctx.Err()
 	}
-	go a.proxyLoop(ctx, p, trigger)
+	go a.proxyLoop(ctx, p, a.proxyPoke)
 	return nil
+}
+
+func (a *Agent) pokeProxy() {
+	select {
+	case a.proxyPoke <- struct{}{}:
+	default:
+	}
 }
 
 // proxyLoop syncs on events (coalesced) and on the resync period; a failed

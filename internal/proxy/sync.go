@@ -1,0 +1,238 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/knftables"
+)
+
+// sync picks a full or a partial sync; see the package doc.
+func (p *Proxier) sync(ctx context.Context, snap snapshot) error {
+	var err error
+	if snap.zoneChanged || p.programmed == nil || time.Since(p.lastFull) > FullSyncPeriod {
+		start := time.Now()
+		err = p.fullSync(ctx, snap)
+		p.metrics.observeKind("full")
+		if err == nil {
+			p.metrics.lastFullSync.Set(time.Since(start).Seconds())
+		}
+	} else {
+		err = p.partialSync(ctx, snap)
+		p.metrics.observeKind("partial")
+	}
+	if err != nil {
+		p.programmed = nil // the next sync starts from scratch
+	}
+	return err
+}
+
+// fullSync rewrites the whole table: every chain and map flushed and
+// refilled, stale chains and sets deleted, in one transaction.
+func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
+	existingChains, err := p.nft.List(ctx, "chains")
+	if err != nil && !knftables.IsNotFound(err) {
+		return fmt.Errorf("list chains: %w", err)
+	}
+	existingSets, err := p.nft.List(ctx, "sets")
+	if err != nil && !knftables.IsNotFound(err) {
+		return fmt.Errorf("list sets: %w", err)
+	}
+	tx := p.nft.NewTransaction()
+	b := newBuilder(tx, &p.cfg)
+	b.base()
+	// Empty every chain that exists and the fixed maps; affinity sets keep
+	// their clients. ("flush table" would do the chains in one line, but the
+	// Fake treats it differently from the kernel.)
+	for _, c := range existingChains {
+		tx.Flush(&knftables.Chain{Name: c})
+	}
+	for _, m := range []string{serviceIPsMap, serviceNodePortsMap, noEndpointsMap, noEndpointNodePorts} {
+		tx.Flush(&knftables.Map{Name: m})
+	}
+	tx.Flush(&knftables.Set{Name: clusterIPsSet})
+	tx.Flush(&knftables.Set{Name: hairpinSet})
+	b.baseRules()
+	programmed := make(map[ServicePortName]*portObjects, len(snap.ports))
+	for _, sp := range snap.ports {
+		programmed[sp.Name] = b.servicePort(sp, snap.eps[sp.Name])
+	}
+	b.hairpinElements()
+	for _, c := range existingChains {
+		if !b.chains[c] {
+			tx.Delete(&knftables.Chain{Name: c})
+		}
+	}
+	for _, s := range existingSets {
+		if !b.sets[s] && !fixedSets[s] {
+			tx.Delete(&knftables.Set{Name: s})
+		}
+	}
+	if err := p.nft.Run(ctx, tx); err != nil {
+		return fmt.Errorf("nftables transaction (%d rules, %d elements): %w", b.rules, b.elems, err)
+	}
+	p.baseRules = b.rules
+	for _, o := range programmed {
+		p.baseRules -= o.rules
+	}
+	p.afterSync(snap, programmed)
+	p.lastFull = time.Now()
+	return nil
+}
+
+var fixedSets = map[string]bool{serviceIPsMap: true, serviceNodePortsMap: true, noEndpointsMap: true,
+	noEndpointNodePorts: true, clusterIPsSet: true, hairpinSet: true}
+
+// partialSync rewrites only the Service ports of changed Services whose
+// Service or endpoints differ from what is programmed: their chains are flushed and refilled,
+// their map elements replaced, and what they no longer need deleted. The
+// rest of the table is not touched, so the transaction's size follows the
+// change, not the number of Services.
+func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
+	current := map[ServicePortName]*ServicePort{}
+	var changed []*ServicePort
+	for _, sp := range snap.ports {
+		if !snap.dirty[sp.Name.Service] {
+			continue
+		}
+		current[sp.Name] = sp
+		old := p.programmed[sp.Name]
+		if old == nil || !reflect.DeepEqual(old.sp, sp) || !reflect.DeepEqual(old.eps, snap.eps[sp.Name]) {
+			changed = append(changed, sp)
+		}
+	}
+	var removed []ServicePortName
+	for name := range p.programmed {
+		if snap.dirty[name.Service] && current[name] == nil {
+			removed = append(removed, name)
+		}
+	}
+	if len(changed) == 0 && len(removed) == 0 {
+		p.health.update(snap.ports, snap.eps)
+		return nil
+	}
+	tx := p.nft.NewTransaction()
+	b := newBuilder(tx, &p.cfg)
+	stale := map[ServicePortName]*portObjects{}
+	for _, sp := range changed {
+		if old := p.programmed[sp.Name]; old != nil {
+			stale[sp.Name] = old
+		}
+	}
+	for _, name := range removed {
+		stale[name] = p.programmed[name]
+	}
+	for _, old := range stale {
+		for _, c := range old.chains {
+			tx.Flush(&knftables.Chain{Name: c})
+		}
+		for _, e := range old.elements {
+			tx.Delete(&knftables.Element{Map: e.m, Key: e.key})
+		}
+	}
+	programmed := make(map[ServicePortName]*portObjects, len(snap.ports))
+	for name, objs := range p.programmed {
+		programmed[name] = objs
+	}
+	for _, name := range removed {
+		delete(programmed, name)
+	}
+	for _, sp := range changed {
+		programmed[sp.Name] = b.servicePort(sp, snap.eps[sp.Name])
+	}
+	b.hairpinElements()
+	for name, old := range stale {
+		now := programmed[name]
+		for _, c := range old.chains {
+			if now == nil || !slices.Contains(now.chains, c) {
+				tx.Delete(&knftables.Chain{Name: c})
+			}
+		}
+		for _, s := range old.sets {
+			if now == nil || !slices.Contains(now.sets, s) {
+				tx.Delete(&knftables.Set{Name: s})
+			}
+		}
+	}
+	deleteUnused(tx, stale, programmed)
+	if err := p.nft.Run(ctx, tx); err != nil {
+		return fmt.Errorf("nftables transaction (partial, %d Service ports): %w", len(changed)+len(removed), err)
+	}
+	p.afterSync(snap, programmed)
+	return nil
+}
+
+// deleteUnused removes the ClusterIPs and hairpin pairs that only stale
+// ports used.
+func deleteUnused(tx *knftables.Transaction, stale, programmed map[ServicePortName]*portObjects) {
+	vips, pairs := map[netip.Addr]bool{}, map[netip.Addr]bool{}
+	for _, objs := range programmed {
+		vips[objs.sp.ClusterIP] = true
+		for _, ip := range objs.hairpin {
+			pairs[ip] = true
+		}
+	}
+	gone := map[string]bool{}
+	for _, old := range stale {
+		if !vips[old.sp.ClusterIP] && !gone["vip"+old.sp.ClusterIP.String()] {
+			gone["vip"+old.sp.ClusterIP.String()] = true
+			tx.Delete(&knftables.Element{Set: clusterIPsSet, Key: []string{old.sp.ClusterIP.String()}})
+		}
+		for _, ip := range old.hairpin {
+			if !pairs[ip] && !gone["hp"+ip.String()] {
+				gone["hp"+ip.String()] = true
+				tx.Delete(&knftables.Element{Set: hairpinSet, Key: []string{ip.String(), ip.String()}})
+			}
+		}
+	}
+}
+
+// afterSync clears stale UDP conntrack entries and updates the health-check
+// servers, then remembers what is programmed.
+func (p *Proxier) afterSync(snap snapshot, programmed map[ServicePortName]*portObjects) {
+	var errs []error
+	usableOf := func(o *portObjects) []Endpoint { return usable(o.eps, false, p.cfg.NodeZone, o.sp.TrafficDistributed) }
+	for name, old := range p.programmed {
+		if old.sp.Name.Protocol != corev1.ProtocolUDP {
+			continue
+		}
+		cur := programmed[name]
+		switch {
+		case cur == nil || cur.sp.ClusterIP != old.sp.ClusterIP || cur.sp.Port != old.sp.Port:
+			errs = append(errs, p.ct.ClearService(old.sp)) // Service (or port) gone
+		case cur != old:
+			oldEps, curEps := usableOf(old), usableOf(cur)
+			for _, e := range oldEps {
+				if !slices.ContainsFunc(curEps, func(c Endpoint) bool { return c.IP == e.IP }) {
+					errs = append(errs, p.ct.ClearEndpoint(old.sp, e.IP))
+				}
+			}
+			if len(oldEps) == 0 && len(curEps) > 0 {
+				errs = append(errs, p.ct.ClearService(cur.sp)) // 0 -> N: flows cached while rejected
+			}
+		}
+	}
+	for name, cur := range programmed {
+		if p.programmed[name] == nil && cur.sp.Name.Protocol == corev1.ProtocolUDP && len(usableOf(cur)) > 0 {
+			errs = append(errs, p.ct.ClearService(cur.sp))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		p.log.Warn("clear stale UDP conntrack entries", "err", err)
+	}
+	p.programmed = programmed
+	p.health.update(snap.ports, snap.eps)
+	rules, elems, chains := p.baseRules, 0, 0
+	for _, o := range programmed {
+		rules, elems, chains = rules+o.rules, elems+len(o.elements), chains+len(o.chains)
+	}
+	p.metrics.rules.Set(float64(rules))
+	p.metrics.elements.Set(float64(elems))
+	p.metrics.chains.Set(float64(chains))
+}
