@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -124,6 +125,69 @@ func TestServiceUDPZeroToN(t *testing.T) {
 		}
 		if got != pods[0].Name {
 			return fmt.Errorf("answered by %q", got)
+		}
+		return nil
+	})
+}
+
+// A TCP segment conntrack finds INVALID (SYN+FIN) from a pod to a pod on
+// another node is dropped by the sending node; a plain SYN gets through.
+func TestInvalidPacketsDroppedBetweenNodes(t *testing.T) {
+	requireLab(t)
+	ns := namespace(t)
+	pods := deploy(t, ns, netexecDeployment("inv", 2)) // spread: two nodes
+	from, to := pods[0], pods[1]
+	sniffer, err := probe.SniffTCP(podNS(&to))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sniffer.Close()
+	src, dst := netip.MustParseAddr(from.Status.PodIP), netip.MustParseAddr(to.Status.PodIP)
+	if err := probe.SendTCPSegment(podNS(&from), src, dst, 41001, 8080, 0x02); err != nil {
+		t.Fatal(err)
+	}
+	if !sniffer.Saw(41001, 2*time.Second) {
+		t.Fatal("a plain SYN did not reach the pod on the other node (the probe does not work)")
+	}
+	if err := probe.SendTCPSegment(podNS(&from), src, dst, 41002, 8080, 0x03); err != nil {
+		t.Fatal(err)
+	}
+	if sniffer.Saw(41002, 2*time.Second) {
+		t.Fatalf("a SYN+FIN segment from %s (%s) reached %s (%s)", from.Name, from.Spec.NodeName, to.Name, to.Spec.NodeName)
+	}
+}
+
+// Deleting a Service clears its UDP conntrack entries on the node: the
+// client's next datagram is no longer carried to the old backend.
+func TestServiceUDPDeletedServiceForgotten(t *testing.T) {
+	requireLab(t)
+	ns := namespace(t)
+	deploy(t, ns, netexecDeployment("bye", 1))
+	clients := deploy(t, ns, netexecDeployment("client", 1))
+	svc := service(t, ns, "bye", nil)
+	hostname(t, podNS(&clients[0]), net.JoinHostPort(svc.Spec.ClusterIP, "80"))
+	conn, err := probe.Dial(podNS(&clients[0]), "udp", net.JoinHostPort(svc.Spec.ClusterIP, "81"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ask := func() error {
+		_ = conn.SetDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := conn.Write([]byte("hostname")); err != nil {
+			return err
+		}
+		_, err := conn.Read(make([]byte, 256))
+		return err
+	}
+	eventually(t, 30*time.Second, "UDP answer through the Service", ask)
+	if err := client.CoreV1().Services(ns).Delete(context.Background(), "bye", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "no answer after the Service is gone", func() error {
+		for range 3 {
+			if ask() == nil {
+				return fmt.Errorf("the deleted Service's backend still answers the old socket")
+			}
 		}
 		return nil
 	})

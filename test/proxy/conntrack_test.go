@@ -1,14 +1,10 @@
 package proxy_test
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
 )
 
@@ -62,68 +58,22 @@ func TestInvalidPacketsDropped(t *testing.T) {
 	e.proxier.UpdateService(svc("web", "10.96.0.120"))
 	e.proxier.UpdateSlice(slice("web", readyOn(a, "node-1")))
 	e.sync()
-	// a's raw TCP socket sees every TCP segment that reaches a.
-	var sniff int
-	if err := netns.Do(a.ns, func() (err error) { sniff, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_TCP); return err }); err != nil {
+	sniffer, err := probe.SniffTCP(a.ns)
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(sniff)
-	tv := unix.NsecToTimeval(int64(300 * time.Millisecond))
-	_ = unix.SetsockoptTimeval(sniff, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	var raw int
-	if err := netns.Do(client.ns, func() (err error) { raw, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_TCP); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(raw)
+	defer sniffer.Close()
 	src, dst := netip.MustParseAddr(client.ip), netip.MustParseAddr(a.ip)
-	send := func(srcPort uint16, flags byte) {
-		seg := tcpSegment(src, dst, srcPort, 8080, flags)
-		if err := unix.Sendto(raw, seg, 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
-			t.Fatal(err)
-		}
+	if err := probe.SendTCPSegment(client.ns, src, dst, 40001, 8080, 0x02); err != nil { // plain SYN
+		t.Fatal(err)
 	}
-	seen := func(srcPort uint16) bool {
-		buf := make([]byte, 1500)
-		deadline := time.Now().Add(time.Second)
-		for time.Now().Before(deadline) {
-			n, _, err := unix.Recvfrom(sniff, buf, 0)
-			if err != nil {
-				continue
-			}
-			ihl := int(buf[0]&0x0f) * 4
-			if n >= ihl+4 && binary.BigEndian.Uint16(buf[ihl:]) == srcPort {
-				return true
-			}
-		}
-		return false
+	if !sniffer.Saw(40001, time.Second) {
+		t.Fatal("a plain SYN from the client pod did not reach the backend pod (the probe does not work)")
 	}
-	send(40001, 0x02) // a plain SYN: forwarded (the method works)
-	if !seen(40001) {
-		t.Fatal("a plain SYN from the client pod did not reach the backend pod")
+	if err := probe.SendTCPSegment(client.ns, src, dst, 40002, 8080, 0x03); err != nil { // SYN+FIN: INVALID
+		t.Fatal(err)
 	}
-	send(40002, 0x03) // SYN+FIN: INVALID for conntrack
-	if seen(40002) {
+	if sniffer.Saw(40002, time.Second) {
 		t.Fatal("a SYN+FIN segment (conntrack INVALID) was forwarded to the pod")
 	}
-}
-
-// tcpSegment builds a TCP header (no options, no payload) with its checksum.
-func tcpSegment(src, dst netip.Addr, sport, dport uint16, flags byte) []byte {
-	h := make([]byte, 20)
-	binary.BigEndian.PutUint16(h[0:], sport)
-	binary.BigEndian.PutUint16(h[2:], dport)
-	binary.BigEndian.PutUint32(h[4:], 1000)
-	h[12] = 5 << 4
-	h[13] = flags
-	binary.BigEndian.PutUint16(h[14:], 65535)
-	pseudo := append(append(append(src.AsSlice(), dst.AsSlice()...), 0, unix.IPPROTO_TCP, 0, 20), h...)
-	var sum uint32
-	for i := 0; i+1 < len(pseudo); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(pseudo[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(h[16:], ^uint16(sum))
-	return h
 }
