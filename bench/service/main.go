@@ -125,7 +125,7 @@ func measureAll(ctx context.Context, o lab.Options, sizes, only string, samples 
 			fmt.Printf("==> %s with %d Services\n", p.name, size)
 			r := row{size: size, proxy: p.name, createdIn: created}
 			start := time.Now()
-			pid, err := startProxy(l, o.BinDir, p)
+			pid, err := start(l, o.BinDir, p)
 			if err != nil {
 				return rows, err
 			}
@@ -157,8 +157,6 @@ func measureAll(ctx context.Context, o lab.Options, sizes, only string, samples 
 	}
 	return rows, nil
 }
-
-func startProxy(l lab.Layout, bin string, p proxyUnderTest) (int, error) { return start(l, bin, p) }
 
 // fullSyncSeconds is the duration of the proxy's first full sync, from its
 // own metrics: flatnetd's last-full-sync gauge, kube-proxy's full-sync

@@ -56,12 +56,10 @@ func programmingLatency(ctx context.Context, c kubernetes.Interface, nodeNS, tag
 		if err != nil {
 			return nil, err
 		}
-		d, err := waitWorking(ctx, nodeNS, net.JoinHostPort(svc.Spec.ClusterIP, "80"), 2*time.Minute)
-		if err != nil {
+		if _, err := waitWorking(ctx, nodeNS, net.JoinHostPort(svc.Spec.ClusterIP, "80"), 2*time.Minute); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		out = append(out, time.Since(start))
-		_ = d
 		_ = c.CoreV1().Services(benchNS).Delete(ctx, name, metav1.DeleteOptions{})
 		_ = c.DiscoveryV1().EndpointSlices(benchNS).Delete(ctx, name+"-x", metav1.DeleteOptions{})
 		time.Sleep(200 * time.Millisecond)
