@@ -125,7 +125,7 @@ func measureAll(ctx context.Context, o lab.Options, sizes, only string, samples 
 			fmt.Printf("==> %s with %d Services\n", p.name, size)
 			r := row{size: size, proxy: p.name, createdIn: created}
 			start := time.Now()
-			pid, err := start(l, o.BinDir, p)
+			pid, err := startOn(l, o.BinDir, p)
 			if err != nil {
 				return rows, err
 			}

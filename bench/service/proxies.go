@@ -47,9 +47,9 @@ func proxies() []proxyUnderTest {
 	}
 }
 
-// start runs the proxy on node-1 (flatnetd there is restarted with or
+// startOn runs the proxy on node-1 (flatnetd there is restarted with or
 // without its proxy, so that exactly one proxy programs the node).
-func start(l lab.Layout, bin string, p proxyUnderTest) (int, error) {
+func startOn(l lab.Layout, bin string, p proxyUnderTest) (int, error) {
 	l.StopProcess("flatnetd-node-1", 10*time.Second)
 	if p.name != "flatnet" {
 		if err := l.StartProcess("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false)); err != nil {
