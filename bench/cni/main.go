@@ -185,13 +185,6 @@ func report(results map[string]map[string][]time.Duration, pods, workers, rounds
 }
 
 func cleanup() error {
-	names, err := netns.List(prefix)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, n := range names {
-		errs = append(errs, netns.Delete(n))
-	}
-	return errors.Join(errs...)
+	_, err := netns.DeleteAll(prefix)
+	return err
 }

@@ -126,13 +126,6 @@ func Run(ctx context.Context, o Options) (err error) {
 
 // Cleanup removes every namespace the demo may have left behind.
 func Cleanup() error {
-	names, err := netns.List(prefix)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, n := range names {
-		errs = append(errs, netns.Delete(n))
-	}
-	return errors.Join(errs...)
+	_, err := netns.DeleteAll(prefix)
+	return err
 }

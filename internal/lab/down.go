@@ -26,15 +26,9 @@ func Down(stateRoot, name string, out io.Writer) error {
 	if left := l.processes(); len(left) > 0 {
 		return fmt.Errorf("processes of the lab survive SIGKILL: %v", left)
 	}
-	names, err := netns.List(l.Prefix())
-	if err != nil {
-		return err
-	}
-	step(out, "removing %d network namespaces %s*", len(names), l.Prefix())
-	var errs []error
-	for _, n := range names {
-		errs = append(errs, netns.Delete(n))
-	}
+	n, err := netns.DeleteAll(l.Prefix())
+	step(out, "removed %d network namespaces %s*", n, l.Prefix())
+	errs := []error{err}
 	step(out, "removing %s", l.Dir)
 	errs = append(errs, os.RemoveAll(l.Dir))
 	return errors.Join(errs...)

@@ -103,6 +103,20 @@ func List(prefix string) ([]string, error) {
 	return out, nil
 }
 
+// DeleteAll deletes every named namespace whose name starts with prefix and
+// returns how many there were; it goes on past errors and joins them.
+func DeleteAll(prefix string) (int, error) {
+	names, err := List(prefix)
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	for _, n := range names {
+		errs = append(errs, Delete(n))
+	}
+	return len(names), errors.Join(errs...)
+}
+
 // Do runs fn on the calling goroutine with its OS thread inside the
 // namespace at path, then switches back.
 func Do(path string, fn func() error) error {

@@ -117,13 +117,18 @@ func (p *Proxier) DeleteService(svc *corev1.Service) {
 	p.dirty[key], p.changed = true, true
 }
 
+// serviceOf is the Service an EndpointSlice belongs to.
+func serviceOf(s *discoveryv1.EndpointSlice) (types.NamespacedName, bool) {
+	name, ok := s.Labels[discoveryv1.LabelServiceName]
+	return types.NamespacedName{Namespace: s.Namespace, Name: name}, ok
+}
+
 // UpdateSlice records the latest version of an EndpointSlice.
 func (p *Proxier) UpdateSlice(s *discoveryv1.EndpointSlice) {
-	name, ok := s.Labels[discoveryv1.LabelServiceName]
+	key, ok := serviceOf(s)
 	if !ok {
 		return
 	}
-	key := types.NamespacedName{Namespace: s.Namespace, Name: name}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.slices[key] == nil {
@@ -138,11 +143,10 @@ func (p *Proxier) UpdateSlice(s *discoveryv1.EndpointSlice) {
 
 // DeleteSlice forgets an EndpointSlice.
 func (p *Proxier) DeleteSlice(s *discoveryv1.EndpointSlice) {
-	name, ok := s.Labels[discoveryv1.LabelServiceName]
+	key, ok := serviceOf(s)
 	if !ok {
 		return
 	}
-	key := types.NamespacedName{Namespace: s.Namespace, Name: name}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.slices[key], s.Name)

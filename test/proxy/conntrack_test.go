@@ -16,24 +16,7 @@ func TestUDPConntrackClearedOnServiceDeletion(t *testing.T) {
 	e.proxier.UpdateService(svc("gone", "10.96.0.110"))
 	e.proxier.UpdateSlice(slice("gone", readyOn(a, "node-1")))
 	e.sync()
-	conn, err := probe.Dial(client.ns, "udp", "10.96.0.110:81", time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ask := func() string {
-		buf := make([]byte, 256)
-		for range 3 {
-			_ = conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
-			if _, err := conn.Write([]byte("x")); err != nil {
-				continue
-			}
-			if n, err := conn.Read(buf); err == nil {
-				return backendOf(string(buf[:n]))
-			}
-		}
-		return ""
-	}
+	ask := udpSocket(t, client.ns, "10.96.0.110:81")
 	if got := ask(); got != "a" {
 		t.Fatalf("first answer from %q", got)
 	}

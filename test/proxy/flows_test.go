@@ -305,24 +305,7 @@ func TestUDPConntrackClearedOnEndpointChange(t *testing.T) {
 	e.proxier.UpdateService(svc("dns", "10.96.0.90"))
 	e.proxier.UpdateSlice(slice("dns", readyOn(a, "node-1")))
 	e.sync()
-	conn, err := probe.Dial(client.ns, "udp", "10.96.0.90:81", time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ask := func() string {
-		buf := make([]byte, 256)
-		for range 3 {
-			_ = conn.SetDeadline(time.Now().Add(time.Second))
-			if _, err := conn.Write([]byte("x")); err != nil {
-				return ""
-			}
-			if n, err := conn.Read(buf); err == nil {
-				return backendOf(string(buf[:n]))
-			}
-		}
-		return ""
-	}
+	ask := udpSocket(t, client.ns, "10.96.0.90:81")
 	if got := ask(); got != "a" {
 		t.Fatalf("first answer from %q, want a", got)
 	}

@@ -290,3 +290,27 @@ func (c nsConntrack) ClearService(sp *proxy.ServicePort) error {
 func (c nsConntrack) ClearEndpoint(sp *proxy.ServicePort, ip netip.Addr) error {
 	return netns.Do(c.node, func() error { return proxy.KernelConntrack{}.ClearEndpoint(sp, ip) })
 }
+
+// udpSocket opens a UDP socket from a pod to addr; ask sends one datagram
+// (retrying twice) and returns the pod that answered, "" for none.
+func udpSocket(t *testing.T, nsPath, addr string) (ask func() string) {
+	t.Helper()
+	conn, err := probe.Dial(nsPath, "udp", addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return func() string {
+		buf := make([]byte, 256)
+		for range 3 {
+			_ = conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
+			if _, err := conn.Write([]byte("x")); err != nil {
+				continue
+			}
+			if n, err := conn.Read(buf); err == nil {
+				return backendOf(string(buf[:n]))
+			}
+		}
+		return ""
+	}
+}
