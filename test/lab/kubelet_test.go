@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 )
 
@@ -112,7 +113,11 @@ func TestGracefulTerminationShowsTerminatingEndpoint(t *testing.T) {
 		TerminationGracePeriodSeconds: ptr.To(int64(20)),
 		Containers: []corev1.Container{{Name: "c", Image: agnhost,
 			Args:  []string{"netexec", "--http-port=8080", "--udp-port=-1", "--delay-shutdown=6"},
-			Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}},
+			Ports: []corev1.ContainerPort{{ContainerPort: 8080}},
+			// Ready only once it serves (and so has its SIGTERM handler):
+			// a SIGTERM before that would end it at once, as in any container.
+			ReadinessProbe: &corev1.Probe{PeriodSeconds: 1,
+				ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(8080)}}}}},
 	}})
 	_, err := client.CoreV1().Services(ns).Create(context.Background(), &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "graceful"},
