@@ -50,9 +50,15 @@ func TestKubeletRestartsExitedContainer(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := httpGet(podNS(p), "http://"+net.JoinHostPort(p.Status.PodIP, "8080")+"/exit?code=3"); err != nil {
-		t.Logf("exit request: %v (the process may exit before answering)", err)
-	}
+	// Without a readiness probe the pod is Ready once its process runs,
+	// maybe before it listens: retry until the request is taken.
+	eventually(t, 30*time.Second, "exit request taken", func() error {
+		_, err := httpGet(podNS(p), "http://"+net.JoinHostPort(p.Status.PodIP, "8080")+"/exit?code=3")
+		if err != nil && strings.Contains(err.Error(), "connection refused") {
+			return err
+		}
+		return nil // answered 204, or the process exited first
+	})
 	eventually(t, time.Minute, "container restarted", func() error {
 		p = getPod(t, ns, "crasher")
 		if len(p.Status.ContainerStatuses) == 0 || p.Status.ContainerStatuses[0].RestartCount < 1 || !isReady(p) {
@@ -97,9 +103,8 @@ func TestHostNetworkPod(t *testing.T) {
 	if p.Status.PodIP != p.Status.HostIP {
 		t.Fatalf("hostNetwork pod IP %s, node IP %s", p.Status.PodIP, p.Status.HostIP)
 	}
-	got, err := httpGet(podNS(p), "http://"+net.JoinHostPort(p.Status.HostIP, "18080")+"/hostname")
-	if err != nil || got != "hostnet" {
-		t.Fatalf("GET on the node's address: %q, %v", got, err)
+	if got := hostname(t, podNS(p), net.JoinHostPort(p.Status.HostIP, "18080")); got != "hostnet" {
+		t.Fatalf("GET on the node's address: %q", got)
 	}
 }
 
