@@ -10,6 +10,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/flatnet-io/flatnet/internal/ipam"
+	"github.com/flatnet-io/flatnet/internal/netconv"
 	"github.com/flatnet-io/flatnet/internal/podnet"
 )
 
@@ -33,12 +34,12 @@ func buildResult(cfg *Config, args *skel.CmdArgs, att *podnet.Attached, allocs [
 	for _, a := range allocs {
 		res.IPs = append(res.IPs, &current.IPConfig{
 			Interface: current.Int(base + 1),
-			Address:   *ipNet(a.Prefix()),
+			Address:   *netconv.IPNet(a.Prefix()),
 			Gateway:   a.Gateway.AsSlice(),
 		})
 	}
 	for _, r := range routes {
-		rt := &types.Route{Dst: *ipNet(r.Dst)}
+		rt := &types.Route{Dst: *netconv.IPNet(r.Dst)}
 		if r.Via.IsValid() {
 			rt.GW = r.Via.AsSlice()
 		}
@@ -76,13 +77,13 @@ func expectation(cfg *Config, args *skel.CmdArgs) (podnet.Expected, error) {
 	}
 	for _, ip := range res.IPs {
 		if ip.Interface != nil && *ip.Interface == idx {
-			if p, ok := prefixOf(ip.Address); ok {
+			if p, ok := netconv.Prefix(&ip.Address); ok {
 				e.Addresses = append(e.Addresses, p)
 			}
 		}
 	}
 	for _, r := range res.Routes {
-		dst, ok := prefixOf(r.Dst)
+		dst, ok := netconv.Prefix(&r.Dst)
 		if !ok {
 			continue
 		}
@@ -96,19 +97,6 @@ func expectation(cfg *Config, args *skel.CmdArgs) (podnet.Expected, error) {
 		}
 	}
 	return e, nil
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-func prefixOf(n net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
 // gatewayFor is the gateway of the interface's address of one family: a

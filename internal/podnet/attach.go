@@ -13,6 +13,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/flatnet-io/flatnet/internal/netconv"
 )
 
 // Route is a route to set in the pod; an invalid Via means on-link.
@@ -127,7 +129,7 @@ func configure(host, pod *netlink.Handle, veth *netlink.Veth, p Pod) (*Attached,
 		return nil, fmt.Errorf("set %s up: %w", p.IfName, err)
 	}
 	for _, a := range p.Addresses {
-		addr := &netlink.Addr{IPNet: ipNet(a)}
+		addr := &netlink.Addr{IPNet: netconv.IPNet(a)}
 		if a.Addr().Is6() {
 			addr.Flags = unix.IFA_F_NODAD // the address is ours alone: do not wait for DAD
 		}
@@ -136,7 +138,7 @@ func configure(host, pod *netlink.Handle, veth *netlink.Veth, p Pod) (*Attached,
 		}
 	}
 	for _, r := range p.Routes {
-		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(r.Dst)}
+		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: netconv.IPNet(r.Dst)}
 		if r.Via.IsValid() {
 			route.Gw = r.Via.AsSlice()
 		} else {

@@ -35,6 +35,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flatnet-io/flatnet/internal/netconv"
 )
 
 // DefaultBridge is the bridge name used when the configuration names none.
@@ -93,7 +95,7 @@ func ensureAddrs(h *netlink.Handle, link netlink.Link, want []netip.Prefix) erro
 		if hasAddr(have, p) {
 			continue
 		}
-		err := h.AddrAdd(link, &netlink.Addr{IPNet: ipNet(p)})
+		err := h.AddrAdd(link, &netlink.Addr{IPNet: netconv.IPNet(p)})
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add address %s: %w", p, err)
 		}
@@ -103,7 +105,7 @@ func ensureAddrs(h *netlink.Handle, link netlink.Link, want []netip.Prefix) erro
 
 func hasAddr(have []netlink.Addr, p netip.Prefix) bool {
 	for _, a := range have {
-		if pfx, ok := toPrefix(a.IPNet); ok && pfx == p {
+		if pfx, ok := netconv.Prefix(a.IPNet); ok && pfx == p {
 			return true
 		}
 	}
@@ -160,20 +162,4 @@ func stableMAC(seed string) net.HardwareAddr {
 	mac := net.HardwareAddr(sum[:6])
 	mac[0] = mac[0]&0xfe | 0x02
 	return mac
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-func toPrefix(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/flatnet-io/flatnet/internal/netconv"
 )
 
 // Expected is the state an attachment should have, taken from the result of
@@ -96,7 +98,7 @@ func hasRoute(have []netlink.Route, want Route) bool {
 		if want.Dst.Addr().Is6() {
 			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 		}
-		if p, ok := toPrefix(r.Dst); ok {
+		if p, ok := netconv.Prefix(r.Dst); ok {
 			dst = p
 		}
 		if dst != want.Dst {

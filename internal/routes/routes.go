@@ -13,11 +13,12 @@ package routes
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flatnet-io/flatnet/internal/netconv"
 )
 
 // RouteProtocol marks flatnet's routes (`ip route` shows "proto 74").
@@ -39,7 +40,7 @@ func Sync(h *netlink.Handle, want []Route) (added, deleted int, err error) {
 	}
 	current := map[netip.Prefix]netlink.Route{}
 	for _, r := range have {
-		if p, ok := prefix(r.Dst); ok {
+		if p, ok := netconv.Prefix(r.Dst); ok {
 			current[p] = r
 		}
 	}
@@ -52,7 +53,7 @@ func Sync(h *netlink.Handle, want []Route) (added, deleted int, err error) {
 				continue
 			}
 		}
-		route := &netlink.Route{Dst: ipNet(w.Dst), Gw: w.Via.AsSlice(), Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+		route := &netlink.Route{Dst: netconv.IPNet(w.Dst), Gw: w.Via.AsSlice(), Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
 		if err := h.RouteReplace(route); err != nil {
 			errs = append(errs, fmt.Errorf("route %s via %s: %w", w.Dst, w.Via, err))
 			continue
@@ -77,20 +78,4 @@ func Count(h *netlink.Handle) (int, error) {
 	have, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	return len(have), err
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-func prefix(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }
