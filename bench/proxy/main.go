@@ -29,8 +29,7 @@ import (
 
 type noConntrack struct{}
 
-func (noConntrack) ClearService(*proxy.ServicePort) error              { return nil }
-func (noConntrack) ClearEndpoint(*proxy.ServicePort, netip.Addr) error { return nil }
+func (noConntrack) Delete([]proxy.Flow) error { return nil }
 
 func main() { os.Exit(run()) }
 

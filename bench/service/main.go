@@ -101,7 +101,7 @@ func measureAll(ctx context.Context, o lab.Options, sizes, only string, samples 
 	if err != nil {
 		return nil, err
 	}
-	nodeNS := netns.Path(l.NS("node-1"))
+	nodeNS, serverNS := netns.Path(l.NS("node-1")), netns.Path(l.NS("node-2"))
 	var rows []row
 	for _, s := range strings.Split(sizes, ",") {
 		size, err := strconv.Atoi(strings.TrimSpace(s))
@@ -144,8 +144,8 @@ func measureAll(ctx context.Context, o lab.Options, sizes, only string, samples 
 				r.programmingFailures = err
 			}
 			r.latP50, r.latP99 = pct(lat, .5), pct(lat, .99)
-			r.viaVIP = connRate(nodeNS, vip, 2, 3*time.Second)
-			r.direct = connRate(nodeNS, net.JoinHostPort(ips[0], "8080"), 2, 3*time.Second)
+			r.viaVIP = connRateExplained("via ClusterIP", nodeNS, serverNS, vip)
+			r.direct = connRateExplained("to the pod", nodeNS, serverNS, net.JoinHostPort(ips[0], "8080"))
 			if err := stop(l, o.BinDir, p); err != nil {
 				return rows, err
 			}

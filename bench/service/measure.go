@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -72,6 +74,7 @@ type rate struct {
 	perSec   float64
 	p50      time.Duration
 	failures int
+	errs     map[string]int // failures by kind
 }
 
 // connRate opens new TCP connections to addr from nsPath with workers
@@ -80,6 +83,7 @@ func connRate(nsPath, addr string, workers int, d time.Duration) rate {
 	var mu sync.Mutex
 	var lat []time.Duration
 	failures := 0
+	errs := map[string]int{}
 	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
 	for range workers {
@@ -92,6 +96,7 @@ func connRate(nsPath, addr string, workers int, d time.Duration) rate {
 				mu.Lock()
 				if err != nil {
 					failures++
+					errs[errKind(err)]++
 				} else {
 					lat = append(lat, time.Since(start))
 				}
@@ -100,12 +105,39 @@ func connRate(nsPath, addr string, workers int, d time.Duration) rate {
 		}()
 	}
 	wg.Wait()
-	r := rate{perSec: float64(len(lat)) / d.Seconds(), failures: failures}
+	r := rate{perSec: float64(len(lat)) / d.Seconds(), failures: failures, errs: errs}
 	if len(lat) > 0 {
 		slices.Sort(lat)
 		r.p50 = lat[len(lat)/2]
 	}
 	return r
+}
+
+// connRateExplained runs connRate from clientNS (2 workers, 3 s) and prints
+// the failures by kind and the kernel counters that grew meanwhile on the
+// client's and the server's node.
+func connRateExplained(what, clientNS, serverNS, addr string) rate {
+	c0, s0 := readCounters(clientNS), readCounters(serverNS)
+	r := connRate(clientNS, addr, 2, 3*time.Second)
+	fmt.Printf("    conn/s %s %.0f, failed %d %v\n      client node: %s\n      server node: %s\n",
+		what, r.perSec, r.failures, r.errs, readCounters(clientNS).delta(c0), readCounters(serverNS).delta(s0))
+	return r
+}
+
+// errKind names a dial failure by its cause.
+func errKind(err error) string {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "reset"
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return "no-source-port"
+	}
+	return err.Error()
 }
 
 // metric reads one sample (the first line starting with name) from a

@@ -124,7 +124,7 @@ func TestResyncDeletesStaleChains(t *testing.T) {
 	if strings.Contains(dump, "ns/web") || strings.Contains(dump, "aff-") || strings.Contains(dump, "10.244.1.3") {
 		t.Fatalf("stale objects after the Service was deleted:\n%s", dump)
 	}
-	if !strings.Contains(strings.Join(ct.cleared, ";"), "ep ns/dns/udp 10.244.1.3") {
+	if !strings.Contains(strings.Join(ct.cleared, ";"), "udp 10.96.0.53:53 answered by 10.244.1.3") {
 		t.Fatalf("conntrack of the replaced UDP endpoint not cleared: %v", ct.cleared)
 	}
 	if strings.Count(dump, "ct state invalid drop") != 1 {

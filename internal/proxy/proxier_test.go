@@ -15,15 +15,13 @@ import (
 	"sigs.k8s.io/knftables"
 )
 
-type nopConntrack struct{ cleared []string }
+// recordingConntrack remembers which flows the proxy asked to delete.
+type recordingConntrack struct{ cleared []string }
 
-func (c *nopConntrack) ClearService(sp *ServicePort) error {
-	c.cleared = append(c.cleared, "svc "+sp.Name.String())
-	return nil
-}
-
-func (c *nopConntrack) ClearEndpoint(sp *ServicePort, ip netip.Addr) error {
-	c.cleared = append(c.cleared, "ep "+sp.Name.String()+" "+ip.String())
+func (c *recordingConntrack) Delete(flows []Flow) error {
+	for _, f := range flows {
+		c.cleared = append(c.cleared, f.String())
+	}
 	return nil
 }
 
@@ -46,9 +44,9 @@ func ready(ip, node string) discoveryv1.Endpoint {
 		Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}}
 }
 
-func newFakeProxier(t *testing.T) (*Proxier, *knftables.Fake, *nopConntrack) {
+func newFakeProxier(t *testing.T) (*Proxier, *knftables.Fake, *recordingConntrack) {
 	fake := knftables.NewFake(knftables.IPv4Family, Table)
-	ct := &nopConntrack{}
+	ct := &recordingConntrack{}
 	p := New(Config{NodeName: "node-1", ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}, fake, ct, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	t.Cleanup(p.Close)
 	return p, fake, ct

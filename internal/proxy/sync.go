@@ -2,14 +2,12 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"reflect"
 	"slices"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/knftables"
 )
 
@@ -193,38 +191,11 @@ func deleteUnused(tx *knftables.Transaction, stale, programmed map[ServicePortNa
 	}
 }
 
-// afterSync clears stale UDP conntrack entries and updates the health-check
+// afterSync clears stale conntrack entries and updates the health-check
 // servers, then remembers what is programmed.
 func (p *Proxier) afterSync(snap snapshot, programmed map[ServicePortName]*portObjects) {
-	var errs []error
-	usableOf := func(o *portObjects) []Endpoint { return usable(o.eps, false, p.cfg.NodeZone, o.sp.TrafficDistributed) }
-	for name, old := range p.programmed {
-		if old.sp.Name.Protocol != corev1.ProtocolUDP {
-			continue
-		}
-		cur := programmed[name]
-		switch {
-		case cur == nil || cur.sp.ClusterIP != old.sp.ClusterIP || cur.sp.Port != old.sp.Port:
-			errs = append(errs, p.ct.ClearService(old.sp)) // Service (or port) gone
-		case cur != old:
-			oldEps, curEps := usableOf(old), usableOf(cur)
-			for _, e := range oldEps {
-				if !slices.ContainsFunc(curEps, func(c Endpoint) bool { return c.IP == e.IP }) {
-					errs = append(errs, p.ct.ClearEndpoint(old.sp, e.IP))
-				}
-			}
-			if len(oldEps) == 0 && len(curEps) > 0 {
-				errs = append(errs, p.ct.ClearService(cur.sp)) // 0 -> N: flows cached while rejected
-			}
-		}
-	}
-	for name, cur := range programmed {
-		if p.programmed[name] == nil && cur.sp.Name.Protocol == corev1.ProtocolUDP && len(usableOf(cur)) > 0 {
-			errs = append(errs, p.ct.ClearService(cur.sp))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		p.log.Warn("clear stale UDP conntrack entries", "err", err)
+	if err := p.ct.Delete(staleFlows(p.programmed, programmed, p.cfg.NodeZone)); err != nil {
+		p.log.Warn("clear stale conntrack entries", "err", err)
 	}
 	p.programmed = programmed
 	p.health.update(snap.ports, snap.eps)

@@ -1,10 +1,13 @@
 package proxy_test
 
 import (
+	"io"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
 )
 
@@ -58,5 +61,43 @@ func TestInvalidPacketsDropped(t *testing.T) {
 	}
 	if sniffer.Saw(40002, time.Second) {
 		t.Fatal("a SYN+FIN segment (conntrack INVALID) was forwarded to the pod")
+	}
+}
+
+// A client that sent a SYN to a ClusterIP before the proxy programmed it
+// (the SYN left by the default route, unanswered) leaves a conntrack entry
+// that was never NATed. Its next connection from the same source port must
+// still reach an endpoint once the Service is programmed, not hit that
+// entry and be rejected as a packet to an unknown port of the ClusterIP.
+func TestEarlySYNDoesNotPoisonLaterConnections(t *testing.T) {
+	e := newEnv(t, "")
+	a, client := e.addPod("a"), e.addPod("client")
+	const vip, port = "10.96.0.130:80", 40130
+	dial := func(timeout time.Duration) (string, error) {
+		var reply string
+		err := netns.Do(client.ns, func() error {
+			d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(client.ip), Port: port}}
+			c, err := d.Dial("tcp", vip)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+			b, err := io.ReadAll(c)
+			reply = string(b)
+			return err
+		})
+		return reply, err
+	}
+	e.sync() // the proxy runs (its table exists) but has not seen the Service yet
+	if _, err := dial(200 * time.Millisecond); err == nil {
+		t.Fatal("connected to a ClusterIP no proxy had programmed")
+	}
+	e.proxier.UpdateService(svc("late", "10.96.0.130"))
+	e.proxier.UpdateSlice(slice("late", readyOn(a, "node-1")))
+	e.sync()
+	reply, err := dial(2 * time.Second)
+	if err != nil || backendOf(reply) != "a" {
+		t.Fatalf("from the port of the early SYN, after the Service was programmed: reply %q, %v", reply, err)
 	}
 }

@@ -283,12 +283,8 @@ func seenClient(reply string) string {
 // nsConntrack runs the kernel conntrack cleanup inside the node namespace.
 type nsConntrack struct{ node string }
 
-func (c nsConntrack) ClearService(sp *proxy.ServicePort) error {
-	return netns.Do(c.node, func() error { return proxy.KernelConntrack{}.ClearService(sp) })
-}
-
-func (c nsConntrack) ClearEndpoint(sp *proxy.ServicePort, ip netip.Addr) error {
-	return netns.Do(c.node, func() error { return proxy.KernelConntrack{}.ClearEndpoint(sp, ip) })
+func (c nsConntrack) Delete(flows []proxy.Flow) error {
+	return netns.Do(c.node, func() error { return proxy.KernelConntrack{}.Delete(flows) })
 }
 
 // udpSocket opens a UDP socket from a pod to addr; ask sends one datagram
