@@ -59,11 +59,11 @@ type Agent struct {
 	log     *slog.Logger
 	nodes   corelisters.NodeLister
 	handle  *netlink.Handle
-	masq    *egress.Masquerader
+	masqs   []*egress.Masquerader // one per cluster CIDR, in the same order
 	metrics *metrics
 
 	registry  *prometheus.Registry
-	proxier   *proxy.Proxier // nil without --proxy
+	proxiers  []*proxy.Proxier // one per cluster CIDR family; none without --proxy
 	proxyPoke chan struct{}
 
 	installed atomic.Bool // the conflist is in place
@@ -91,8 +91,12 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 		return fmt.Errorf("netlink: %w", err)
 	}
 	defer a.handle.Close()
-	if a.masq, err = egress.New(); err != nil {
-		return err
+	for _, cidr := range o.ClusterCIDRs {
+		m, err := egress.New(cidr)
+		if err != nil {
+			return err
+		}
+		a.masqs = append(a.masqs, m)
 	}
 	client, err := newClient(o.Kubeconfig)
 	if err != nil {
@@ -126,7 +130,7 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 		if err := a.startProxy(ctx, factory, zone); err != nil {
 			return err
 		}
-		log.Info("service proxy running", "table", "ip "+proxy.Table)
+		log.Info("service proxy running", "table", proxy.Table, "families", len(a.proxiers))
 	}
 	a.loop(ctx)
 	return nil
@@ -194,26 +198,28 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 	var nodeIPs []netip.Addr
 	var self *corev1.Node
 	for _, n := range nodes {
-		ip, ok := internalIP(n)
-		if ok {
-			nodeIPs = append(nodeIPs, ip)
-		}
+		ips := internalIPs(n)
+		nodeIPs = append(nodeIPs, ips...)
 		if n.Name == a.o.NodeName {
 			self = n
 			continue
 		}
-		if !ok {
-			continue
-		}
 		for _, c := range podCIDRs(n) {
-			if c.Addr().Is4() == ip.Is4() {
-				want = append(want, routes.Route{Dst: c, Via: ip})
+			for _, ip := range ips {
+				if c.Addr().Is4() == ip.Is4() { // each family's pod CIDR via the node's address of that family
+					want = append(want, routes.Route{Dst: c, Via: ip})
+					break
+				}
 			}
 		}
 	}
 	a.metrics.nodes.Set(float64(len(nodes)))
 	var errs []error
-	if self != nil && a.proxier != nil && a.proxier.SetZone(self.Labels[corev1.LabelTopologyZone]) {
+	zoneChanged := false
+	for _, p := range a.proxiers {
+		zoneChanged = self != nil && p.SetZone(self.Labels[corev1.LabelTopologyZone]) || zoneChanged
+	}
+	if zoneChanged {
 		a.log.Info("node zone changed; resyncing Services", "zone", self.Labels[corev1.LabelTopologyZone])
 		a.pokeProxy()
 	}
@@ -224,7 +230,11 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 	}
 	// The node forwards for pods and for Service traffic to other nodes even
 	// before flatnet-cni (which also does this) has wired its first pod.
-	errs = append(errs, podnet.EnableForwarding(true, false))
+	v4, v6 := false, false
+	for _, c := range a.o.ClusterCIDRs {
+		v4, v6 = v4 || c.Addr().Is4(), v6 || c.Addr().Is6()
+	}
+	errs = append(errs, podnet.EnableForwarding(v4, v6))
 	added, deleted, err := routes.Sync(a.handle, want)
 	if added+deleted > 0 {
 		a.log.Info("routes updated", "added", added, "deleted", deleted, "total", len(want))
@@ -233,7 +243,9 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 	if n, err := routes.Count(a.handle); err == nil {
 		a.metrics.routes.Set(float64(n))
 	}
-	errs = append(errs, a.masq.Sync(ctx, a.o.ClusterCIDR, nodeIPs))
+	for i, m := range a.masqs {
+		errs = append(errs, m.Sync(ctx, a.o.ClusterCIDRs[i], nodeIPs))
+	}
 	return errors.Join(errs...)
 }
 
@@ -256,15 +268,18 @@ func (a *Agent) installConflist(cidrs []netip.Prefix) error {
 	return nil
 }
 
-func internalIP(n *corev1.Node) (netip.Addr, bool) {
+// internalIPs are the node's InternalIPs (one per family on a dual-stack
+// node).
+func internalIPs(n *corev1.Node) []netip.Addr {
+	var out []netip.Addr
 	for _, a := range n.Status.Addresses {
 		if a.Type == corev1.NodeInternalIP {
 			if ip, err := netip.ParseAddr(a.Address); err == nil {
-				return ip, true
+				out = append(out, ip)
 			}
 		}
 	}
-	return netip.Addr{}, false
+	return out
 }
 
 func podCIDRs(n *corev1.Node) []netip.Prefix {

@@ -15,7 +15,7 @@ import (
 type Options struct {
 	Kubeconfig    string // "" = in-cluster configuration
 	NodeName      string
-	ClusterCIDR   netip.Prefix
+	ClusterCIDRs  []netip.Prefix // one per IP family: two on a dual-stack cluster
 	PodCIDRs      []netip.Prefix // static pod CIDRs: no API server needed
 	CNIConfDir    string
 	CNIConfName   string
@@ -57,29 +57,11 @@ func (p prefixList) Set(v string) error {
 	return nil
 }
 
-type prefixValue struct{ out *netip.Prefix }
-
-func (p prefixValue) String() string {
-	if p.out == nil || !p.out.IsValid() {
-		return ""
-	}
-	return p.out.String()
-}
-
-func (p prefixValue) Set(v string) error {
-	c, err := netip.ParsePrefix(v)
-	if err != nil {
-		return err
-	}
-	*p.out = c.Masked()
-	return nil
-}
-
 // AddFlags registers the options on fs.
 func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig of the API server (empty: in-cluster)")
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "this node's name (the Node object)")
-	fs.Var(prefixValue{&o.ClusterCIDR}, "cluster-cidr", "the cluster's pod CIDR: pod traffic leaving it is masqueraded")
+	fs.Var(prefixList{&o.ClusterCIDRs}, "cluster-cidr", "the cluster's pod CIDR, or one per family comma-separated (dual-stack): pod traffic leaving it is masqueraded")
 	fs.Var(prefixList{&o.PodCIDRs}, "pod-cidr", "static pod CIDR(s) of this node, comma-separated; without an API server")
 	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", o.CNIConfDir, "directory the container runtime reads CNI configuration from")
 	fs.StringVar(&o.CNIConfName, "cni-conf-name", o.CNIConfName, "file name of the conflist to install")
@@ -103,8 +85,11 @@ func (o *Options) Validate() error {
 	if !o.Static() && o.NodeName == "" {
 		errs = append(errs, errors.New("--node-name is required (or --pod-cidr for a static node)"))
 	}
-	if !o.Static() && !o.ClusterCIDR.IsValid() {
+	if !o.Static() && len(o.ClusterCIDRs) == 0 {
 		errs = append(errs, errors.New("--cluster-cidr is required to tell pod egress from cluster traffic"))
+	}
+	if len(o.ClusterCIDRs) > 2 || len(o.ClusterCIDRs) == 2 && o.ClusterCIDRs[0].Addr().Is6() == o.ClusterCIDRs[1].Addr().Is6() {
+		errs = append(errs, errors.New("--cluster-cidr takes one CIDR per IP family"))
 	}
 	if o.CNIConfDir == "" || o.CNIConfName == "" {
 		errs = append(errs, errors.New("--cni-conf-dir and --cni-conf-name must not be empty"))

@@ -25,15 +25,26 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	if err := enableBridgeNetfilter(); err != nil {
 		a.log.Warn("bridged traffic will not see the proxy's rules", "err", err)
 	}
-	nft, err := knftables.New(knftables.IPv4Family, proxy.Table)
-	if err != nil {
-		return fmt.Errorf("service proxy: %w", err)
+	// One proxier per family of the cluster, as kube-proxy runs on a
+	// dual-stack node; every event goes to each, and each keeps what is of
+	// its family.
+	for _, cidr := range a.o.ClusterCIDRs {
+		fam := proxy.FamilyOf(cidr.Addr())
+		nft, err := knftables.New(fam.NFTFamily(), proxy.Table)
+		if err != nil {
+			return fmt.Errorf("service proxy: %w", err)
+		}
+		p := proxy.New(proxy.Config{Family: fam, NodeName: a.o.NodeName, NodeZone: zone, ClusterCIDR: cidr, MasqueradeAll: a.o.MasqueradeAll},
+			nft, proxy.KernelConntrack{Family: fam}, a.log.With("component", "proxy", "family", fam.String()))
+		p.Metrics().Register(a.registry)
+		a.proxiers = append(a.proxiers, p)
 	}
-	p := proxy.New(proxy.Config{NodeName: a.o.NodeName, NodeZone: zone, ClusterCIDR: a.o.ClusterCIDR, MasqueradeAll: a.o.MasqueradeAll},
-		nft, proxy.KernelConntrack{}, a.log.With("component", "proxy"))
-	p.Metrics().Register(a.registry)
-	a.proxier = p
-	poke := a.pokeProxy
+	all := func(f func(p *proxy.Proxier)) {
+		for _, p := range a.proxiers {
+			f(p)
+		}
+		a.pokeProxy()
+	}
 	unwrap := func(obj any) any {
 		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 			return d.Obj
@@ -43,12 +54,11 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	svcs := factory.Core().V1().Services().Informer()
 	_ = svcs.SetTransform(dropManagedFields)
 	if _, err := svcs.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { p.UpdateService(o.(*corev1.Service)); poke() },
-		UpdateFunc: func(_, o any) { p.UpdateService(o.(*corev1.Service)); poke() },
+		AddFunc:    func(o any) { all(func(p *proxy.Proxier) { p.UpdateService(o.(*corev1.Service)) }) },
+		UpdateFunc: func(_, o any) { all(func(p *proxy.Proxier) { p.UpdateService(o.(*corev1.Service)) }) },
 		DeleteFunc: func(o any) {
 			if s, ok := unwrap(o).(*corev1.Service); ok {
-				p.DeleteService(s)
-				poke()
+				all(func(p *proxy.Proxier) { p.DeleteService(s) })
 			}
 		},
 	}); err != nil {
@@ -57,12 +67,11 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	eps := factory.Discovery().V1().EndpointSlices().Informer()
 	_ = eps.SetTransform(dropManagedFields)
 	if _, err := eps.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { p.UpdateSlice(o.(*discoveryv1.EndpointSlice)); poke() },
-		UpdateFunc: func(_, o any) { p.UpdateSlice(o.(*discoveryv1.EndpointSlice)); poke() },
+		AddFunc:    func(o any) { all(func(p *proxy.Proxier) { p.UpdateSlice(o.(*discoveryv1.EndpointSlice)) }) },
+		UpdateFunc: func(_, o any) { all(func(p *proxy.Proxier) { p.UpdateSlice(o.(*discoveryv1.EndpointSlice)) }) },
 		DeleteFunc: func(o any) {
 			if s, ok := unwrap(o).(*discoveryv1.EndpointSlice); ok {
-				p.DeleteSlice(s)
-				poke()
+				all(func(p *proxy.Proxier) { p.DeleteSlice(s) })
 			}
 		},
 	}); err != nil {
@@ -72,7 +81,7 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	if !cache.WaitForCacheSync(ctx.Done(), svcs.HasSynced, eps.HasSynced) {
 		return ctx.Err()
 	}
-	go a.proxyLoop(ctx, p, a.proxyPoke)
+	go a.proxyLoop(ctx, a.proxiers, a.proxyPoke)
 	return nil
 }
 
@@ -85,17 +94,20 @@ func (a *Agent) pokeProxy() {
 
 // proxyLoop syncs on events (coalesced) and on the resync period; a failed
 // sync is retried after a second.
-func (a *Agent) proxyLoop(ctx context.Context, p *proxy.Proxier, trigger <-chan struct{}) {
-	defer p.Close()
+func (a *Agent) proxyLoop(ctx context.Context, proxiers []*proxy.Proxier, trigger <-chan struct{}) {
+	for _, p := range proxiers {
+		defer p.Close()
+	}
 	t := time.NewTicker(a.o.Resync)
 	defer t.Stop()
 	retry := time.Duration(0)
 	for {
-		if err := p.Sync(ctx); err != nil {
-			a.log.Warn("service proxy sync failed", "err", err)
-			retry = time.Second
-		} else {
-			retry = 0
+		retry = 0
+		for _, p := range proxiers { // each family's proxier only rewrites what changed for it
+			if err := p.Sync(ctx); err != nil {
+				a.log.Warn("service proxy sync failed", "err", err)
+				retry = time.Second
+			}
 		}
 		var again <-chan time.Time
 		if retry > 0 {
@@ -122,17 +134,22 @@ func dropManagedFields(obj any) (any, error) {
 	return obj, nil
 }
 
-// enableBridgeNetfilter makes bridged IPv4 traffic pass the IP hooks in this
-// node's namespace, so a pod reaching a Service whose backend sits on the
-// same bridge gets its reply de-NATed (see the architecture notes).
+// enableBridgeNetfilter makes bridged IPv4 and IPv6 traffic pass the IP
+// hooks in this node's namespace, so a pod reaching a Service whose backend
+// sits on the same bridge gets its reply de-NATed (see the architecture
+// notes).
 func enableBridgeNetfilter() error {
-	const path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
-	cur, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("br_netfilter not available: %w", err)
+	for _, path := range []string{"/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables"} {
+		cur, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("br_netfilter not available: %w", err)
+		}
+		if len(cur) > 0 && cur[0] == '1' {
+			continue
+		}
+		if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+			return err
+		}
 	}
-	if len(cur) > 0 && cur[0] == '1' {
-		return nil
-	}
-	return os.WriteFile(path, []byte("1"), 0o644)
+	return nil
 }

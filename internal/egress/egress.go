@@ -3,8 +3,9 @@
 // addresses gets the node's address as its source, so the world beyond the
 // cluster can answer. Pod to pod and pod to node keep the pod's own address.
 //
-// Design notes (kernel state): one nftables table, "ip flatnet-egress", owned
-// by this package and by nothing else, holding a set "nodes" (every node's
+// Design notes (kernel state): one nftables table per IP family in use,
+// "ip flatnet-egress" (and "ip6 flatnet-egress" on a dual-stack node), owned
+// by this package and by nothing else, each holding a set "nodes" (every node's
 // InternalIP) and a NAT postrouting chain:
 //
 //	ip saddr != <cluster CIDR> return
@@ -29,34 +30,46 @@ import (
 // Table is the nftables table of this package.
 const Table = "flatnet-egress"
 
-// Masquerader keeps the egress table in sync.
+// Masquerader keeps the egress table of one IP family in sync.
 type Masquerader struct {
 	nft knftables.Interface
+	v6  bool
 }
 
-// New returns a Masquerader over the node's nftables (knftables execs nft).
-func New() (*Masquerader, error) {
-	nft, err := knftables.New(knftables.IPv4Family, Table)
+// New returns a Masquerader for the family of clusterCIDR over the node's
+// nftables (knftables execs nft).
+func New(clusterCIDR netip.Prefix) (*Masquerader, error) {
+	fam := knftables.IPv4Family
+	if clusterCIDR.Addr().Is6() {
+		fam = knftables.IPv6Family
+	}
+	nft, err := knftables.New(fam, Table)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
-	return &Masquerader{nft: nft}, nil
+	return NewWith(nft, fam == knftables.IPv6Family), nil
 }
 
-// NewWith uses the given knftables interface (a Fake in tests).
-func NewWith(nft knftables.Interface) *Masquerader { return &Masquerader{nft: nft} }
+// NewWith uses the given knftables interface (a Fake in tests), made for
+// the ip6 family when v6 is set.
+func NewWith(nft knftables.Interface, v6 bool) *Masquerader { return &Masquerader{nft: nft, v6: v6} }
 
-// Sync programs the rules for clusterCIDR and the node addresses.
+// Sync programs the rules for clusterCIDR (of the Masquerader's family) and
+// the node addresses of that family.
 func (m *Masquerader) Sync(ctx context.Context, clusterCIDR netip.Prefix, nodeIPs []netip.Addr) error {
+	ip, addrType := "ip", "ipv4_addr"
+	if m.v6 {
+		ip, addrType = "ip6", "ipv6_addr"
+	}
 	tx := m.nft.NewTransaction()
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo("flatnet: masquerade pod egress")})
-	tx.Add(&knftables.Set{Name: "nodes", Type: "ipv4_addr", Comment: knftables.PtrTo("InternalIPs of all nodes: never masqueraded")})
+	tx.Add(&knftables.Set{Name: "nodes", Type: addrType, Comment: knftables.PtrTo("InternalIPs of all nodes: never masqueraded")})
 	tx.Flush(&knftables.Set{Name: "nodes"})
 	ips := slices.Clone(nodeIPs)
 	slices.SortFunc(ips, func(a, b netip.Addr) int { return a.Compare(b) })
-	for _, ip := range slices.Compact(ips) {
-		if ip.Is4() {
-			tx.Add(&knftables.Element{Set: "nodes", Key: []string{ip.String()}})
+	for _, a := range slices.Compact(ips) {
+		if a.Is6() == m.v6 {
+			tx.Add(&knftables.Element{Set: "nodes", Key: []string{a.String()}})
 		}
 	}
 	chain := "postrouting"
@@ -65,9 +78,9 @@ func (m *Masquerader) Sync(ctx context.Context, clusterCIDR netip.Prefix, nodeIP
 	tx.Flush(&knftables.Chain{Name: chain})
 	cidr := clusterCIDR.Masked().String()
 	for _, r := range []string{
-		"ip saddr != " + cidr + " return",
-		"ip daddr " + cidr + " return",
-		"ip daddr @nodes return",
+		ip + " saddr != " + cidr + " return",
+		ip + " daddr " + cidr + " return",
+		ip + " daddr @nodes return",
 		"masquerade",
 	} {
 		tx.Add(&knftables.Rule{Chain: chain, Rule: r})

@@ -11,7 +11,7 @@ import (
 
 func TestSyncRewritesAtomically(t *testing.T) {
 	fake := knftables.NewFake(knftables.IPv4Family, Table)
-	m := NewWith(fake)
+	m := NewWith(fake, false)
 	cidr := netip.MustParsePrefix("10.244.0.0/16")
 	if err := m.Sync(context.Background(), cidr, []netip.Addr{netip.MustParseAddr("172.30.0.12"), netip.MustParseAddr("172.30.0.11")}); err != nil {
 		t.Fatal(err)
@@ -30,5 +30,25 @@ func TestSyncRewritesAtomically(t *testing.T) {
 	}
 	if n := strings.Count(dump, "postrouting masquerade\n"); n != 1 {
 		t.Errorf("%d masquerade rules after two syncs, want 1:\n%s", n, dump)
+	}
+}
+
+// On a dual-stack node the IPv6 table carries the IPv6 cluster CIDR and
+// IPv6 node addresses only.
+func TestSyncIPv6(t *testing.T) {
+	fake := knftables.NewFake(knftables.IPv6Family, Table)
+	m := NewWith(fake, true)
+	nodes := []netip.Addr{netip.MustParseAddr("172.30.0.11"), netip.MustParseAddr("fd00:30::11")}
+	if err := m.Sync(context.Background(), netip.MustParsePrefix("fd00:244::/56"), nodes); err != nil {
+		t.Fatal(err)
+	}
+	dump := fake.Dump()
+	for _, want := range []string{"add table ip6 flatnet-egress", "ip6 saddr != fd00:244::/56 return", "ip6 daddr @nodes return", "fd00:30::11"} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, dump)
+		}
+	}
+	if strings.Contains(dump, "172.30.0.11") || strings.Contains(dump, " ip saddr") {
+		t.Errorf("IPv4 in the IPv6 table:\n%s", dump)
 	}
 }

@@ -18,6 +18,7 @@ import (
 // that can take it (upstream's JSON body: service and localEndpoints).
 type healthServer struct {
 	log     *slog.Logger
+	network string // "tcp4" or "tcp6": each family's proxier answers on its own addresses
 	mu      sync.Mutex
 	servers map[uint16]*hcServer
 }
@@ -28,8 +29,12 @@ type hcServer struct {
 	local   int
 }
 
-func newHealthServer(log *slog.Logger) *healthServer {
-	return &healthServer{log: log, servers: map[uint16]*hcServer{}}
+func newHealthServer(log *slog.Logger, fam Family) *healthServer {
+	network := "tcp4"
+	if fam == IPv6 {
+		network = "tcp6"
+	}
+	return &healthServer{log: log, network: network, servers: map[uint16]*hcServer{}}
 }
 
 func (h *healthServer) update(ports []*ServicePort, eps map[ServicePortName][]Endpoint) {
@@ -58,7 +63,7 @@ func (h *healthServer) update(ports []*ServicePort, eps map[ServicePortName][]En
 			s.service, s.local = w.service, w.local
 			continue
 		}
-		ln, err := net.Listen("tcp", ":"+strconv.Itoa(int(port)))
+		ln, err := net.Listen(h.network, ":"+strconv.Itoa(int(port)))
 		if err != nil {
 			h.log.Warn("health-check node port", "port", port, "service", w.service.String(), "err", err)
 			continue

@@ -18,20 +18,23 @@ type Metrics struct {
 	chains             prometheus.Gauge
 }
 
-// NewMetrics makes unregistered metrics.
-func NewMetrics() *Metrics {
+// NewMetrics makes unregistered metrics of the proxier of one family; they
+// carry the family as the constant label ip_family, so both proxiers of a
+// dual-stack node register in one registry.
+func NewMetrics(fam Family) *Metrics {
+	l := prometheus.Labels{"ip_family": fam.String()}
 	return &Metrics{
-		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flatnet_proxy_sync_duration_seconds",
+		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flatnet_proxy_sync_duration_seconds", ConstLabels: l,
 			Help: "Duration of a sync of the proxy's nftables table (full or partial).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
-		syncErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "flatnet_proxy_sync_errors_total", Help: "Failed proxy syncs."}),
-		lastFullSync: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_last_full_sync_seconds", Help: "Duration of the last full sync."}),
-		syncs:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flatnet_proxy_syncs_total", Help: "Proxy syncs by kind (full, partial)."}, []string{"kind"}),
-		programmingLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flatnet_proxy_network_programming_duration_seconds",
+		syncErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "flatnet_proxy_sync_errors_total", ConstLabels: l, Help: "Failed proxy syncs."}),
+		lastFullSync: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_last_full_sync_seconds", ConstLabels: l, Help: "Duration of the last full sync."}),
+		syncs:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flatnet_proxy_syncs_total", ConstLabels: l, Help: "Proxy syncs by kind (full, partial)."}, []string{"kind"}),
+		programmingLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flatnet_proxy_network_programming_duration_seconds", ConstLabels: l,
 			Help:    "From an EndpointSlice change (its last-change-trigger-time) to its rules being live.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 18)}),
-		rules:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_rules", Help: "Rules in the proxy's table."}),
-		elements: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_set_elements", Help: "Map and set elements in the proxy's table."}),
-		chains:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_chains", Help: "Chains in the proxy's table."}),
+		rules:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_rules", ConstLabels: l, Help: "Rules in the proxy's table."}),
+		elements: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_set_elements", ConstLabels: l, Help: "Map and set elements in the proxy's table."}),
+		chains:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_chains", ConstLabels: l, Help: "Chains in the proxy's table."}),
 	}
 }
 

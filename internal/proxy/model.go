@@ -64,30 +64,32 @@ type Endpoint struct {
 
 func (e Endpoint) String() string { return netip.AddrPortFrom(e.IP, e.Port).String() }
 
-// servicePorts turns a Service into its ports; headless and ExternalName
-// Services have none for the proxy.
-func servicePorts(svc *corev1.Service) []*ServicePort {
+// servicePorts turns a Service into its ports in family fam: its ClusterIP
+// of that family and the external addresses of that family. Headless and
+// ExternalName Services, and Services without a ClusterIP of the family,
+// have none for the proxy.
+func servicePorts(svc *corev1.Service, fam Family) []*ServicePort {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
-	clusterIP, err := netip.ParseAddr(svc.Spec.ClusterIP)
-	if err != nil || !clusterIP.Is4() { // "None" (headless), empty, or another family
+	clusterIP := clusterIPOf(svc, fam)
+	if !clusterIP.IsValid() {
 		return nil
 	}
 	var external []netip.Addr
 	for _, s := range svc.Spec.ExternalIPs {
-		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+		if a, err := netip.ParseAddr(s); err == nil && fam.has(a) {
 			external = append(external, a)
 		}
 	}
 	for _, ing := range svc.Status.LoadBalancer.Ingress {
-		if a, err := netip.ParseAddr(ing.IP); err == nil && a.Is4() {
+		if a, err := netip.ParseAddr(ing.IP); err == nil && fam.has(a) {
 			external = append(external, a)
 		}
 	}
 	var ranges []netip.Prefix
 	for _, s := range svc.Spec.LoadBalancerSourceRanges {
-		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && p.Addr().Is4() {
+		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && fam.has(p.Addr()) {
 			ranges = append(ranges, p.Masked())
 		}
 	}
@@ -129,13 +131,29 @@ func servicePorts(svc *corev1.Service) []*ServicePort {
 	return out
 }
 
+// clusterIPOf is the Service's ClusterIP of family fam (spec.clusterIPs
+// holds one per family on a dual-stack Service; clusterIP is its first);
+// invalid for a headless Service or one without that family.
+func clusterIPOf(svc *corev1.Service, fam Family) netip.Addr {
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(s); err == nil && fam.has(a) { // "None" does not parse
+			return a
+		}
+	}
+	return netip.Addr{}
+}
+
 // sliceEndpoints collects the endpoints of every port of a Service from its
-// EndpointSlices (IPv4 slices only), deduplicated by address and port.
-func sliceEndpoints(slicesOf []*discoveryv1.EndpointSlice, node string) map[string][]Endpoint {
+// EndpointSlices of family fam, deduplicated by address and port.
+func sliceEndpoints(slicesOf []*discoveryv1.EndpointSlice, node string, fam Family) map[string][]Endpoint {
 	out := map[string][]Endpoint{} // key: port name + "/" + protocol
 	seen := map[string]bool{}
 	for _, s := range slicesOf {
-		if s.AddressType != discoveryv1.AddressTypeIPv4 {
+		if s.AddressType != fam.addressType() {
 			continue
 		}
 		for _, p := range s.Ports {

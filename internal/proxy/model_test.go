@@ -21,7 +21,7 @@ func TestServicePorts(t *testing.T) {
 	s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
 	s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 	s.Spec.HealthCheckNodePort = 32123
-	ports := servicePorts(s)
+	ports := servicePorts(s, IPv4)
 	if len(ports) != 2 {
 		t.Fatalf("%d ports, want 2 (SCTP skipped)", len(ports))
 	}
@@ -44,7 +44,7 @@ func TestServicePorts(t *testing.T) {
 		}(),
 		service("v6", "fd00::10", corev1.ServicePort{Port: 80}),
 	} {
-		if got := servicePorts(ignored); len(got) != 0 {
+		if got := servicePorts(ignored, IPv4); len(got) != 0 {
 			t.Errorf("%s: %d ports, want none", ignored.Name, len(got))
 		}
 	}
@@ -91,7 +91,7 @@ func TestSliceEndpointsMergesAndDeduplicates(t *testing.T) {
 	s2.Name = "web-def"
 	v6 := slice("web", 8080, corev1.ProtocolTCP, ready("fd00::2", "node-1"))
 	v6.AddressType = discoveryv1.AddressTypeIPv6
-	got := sliceEndpoints([]*discoveryv1.EndpointSlice{s1, s2, v6}, "node-1")["/TCP"]
+	got := sliceEndpoints([]*discoveryv1.EndpointSlice{s1, s2, v6}, "node-1", IPv4)["/TCP"]
 	if len(got) != 2 || !got[0].Local || got[1].Local {
 		t.Fatalf("endpoints: %+v", got)
 	}

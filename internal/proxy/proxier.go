@@ -53,6 +53,7 @@ import (
 
 // Config is how the proxy sees its node.
 type Config struct {
+	Family        Family // the zero value is IPv4
 	NodeName      string
 	NodeZone      string // topology.kubernetes.io/zone of this node, for hints
 	ClusterCIDR   netip.Prefix
@@ -90,10 +91,10 @@ const FullSyncPeriod = time.Hour
 
 // New makes a Proxier over nft (a real knftables interface or a Fake).
 func New(cfg Config, nft knftables.Interface, ct Conntrack, log *slog.Logger) *Proxier {
-	return &Proxier{cfg: cfg, nft: nft, ct: ct, log: log, metrics: NewMetrics(),
+	return &Proxier{cfg: cfg, nft: nft, ct: ct, log: log, metrics: NewMetrics(cfg.Family),
 		services: map[types.NamespacedName]*corev1.Service{}, slices: map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice{},
 		dirty: map[types.NamespacedName]bool{}, state: map[types.NamespacedName]*serviceState{},
-		health: newHealthServer(log)}
+		health: newHealthServer(log, cfg.Family)}
 }
 
 // Metrics returns the proxy's metrics.
@@ -187,9 +188,9 @@ func (p *Proxier) snapshot() snapshot {
 		for _, sl := range p.slices[key] {
 			list = append(list, sl)
 		}
-		byPort := sliceEndpoints(list, p.cfg.NodeName)
+		byPort := sliceEndpoints(list, p.cfg.NodeName, p.cfg.Family)
 		st := &serviceState{eps: map[ServicePortName][]Endpoint{}}
-		for _, sp := range servicePorts(svc) {
+		for _, sp := range servicePorts(svc, p.cfg.Family) {
 			st.ports = append(st.ports, sp)
 			st.eps[sp.Name] = byPort[sp.Name.Port+"/"+string(sp.Name.Protocol)]
 		}

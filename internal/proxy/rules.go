@@ -89,18 +89,18 @@ func (b *builder) element(m string, key []string, verdict string) {
 // and reject machinery; baseRules fills them. Each base chain only dispatches into maps, so the work
 // per packet does not grow with the number of Services.
 func (b *builder) base() {
-	tx := b.tx
-	tx.Add(&knftables.Table{Comment: knftables.PtrTo("flatnet service proxy")})
+	tx, addr := b.tx, b.cfg.Family.addrType()
+	tx.Add(&knftables.Table{Comment: knftables.PtrTo("flatnet service proxy (" + b.cfg.Family.String() + ")")})
 	for _, m := range []struct{ name, typ, comment string }{
-		{serviceIPsMap, "ipv4_addr . inet_proto . inet_service : verdict", "ClusterIP, external and load-balancer IPs of Services with endpoints"},
+		{serviceIPsMap, addr + " . inet_proto . inet_service : verdict", "ClusterIP, external and load-balancer IPs of Services with endpoints"},
 		{serviceNodePortsMap, "inet_proto . inet_service : verdict", "NodePorts of Services with endpoints"},
-		{noEndpointsMap, "ipv4_addr . inet_proto . inet_service : verdict", "Service IPs without usable endpoints: reject or drop"},
+		{noEndpointsMap, addr + " . inet_proto . inet_service : verdict", "Service IPs without usable endpoints: reject or drop"},
 		{noEndpointNodePorts, "inet_proto . inet_service : verdict", "NodePorts without usable endpoints: reject or drop"},
 	} {
 		tx.Add(&knftables.Map{Name: m.name, Type: m.typ, Comment: knftables.PtrTo(m.comment)})
 	}
-	tx.Add(&knftables.Set{Name: clusterIPsSet, Type: "ipv4_addr", Comment: knftables.PtrTo("every ClusterIP: unknown ports are rejected")})
-	tx.Add(&knftables.Set{Name: hairpinSet, Type: "ipv4_addr . ipv4_addr", Comment: knftables.PtrTo("endpoint . endpoint: a pod reaching itself through a Service")})
+	tx.Add(&knftables.Set{Name: clusterIPsSet, Type: addr, Comment: knftables.PtrTo("every ClusterIP: unknown ports are rejected")})
+	tx.Add(&knftables.Set{Name: hairpinSet, Type: addr + " . " + addr, Comment: knftables.PtrTo("endpoint . endpoint: a pod reaching itself through a Service")})
 
 	hook := func(name string, typ knftables.BaseChainType, h knftables.BaseChainHook, prio knftables.BaseChainPriority) {
 		b.chains[name] = true
@@ -119,6 +119,7 @@ func (b *builder) base() {
 
 // baseRules fills the fixed chains (after the caller flushed the table).
 func (b *builder) baseRules() {
+	ip := b.cfg.Family.ip()
 	b.rule("nat-prerouting", "jump", servicesChain)
 	b.rule("nat-output", "jump", servicesChain)
 	b.rule("nat-postrouting", "jump", masqChain)
@@ -127,16 +128,16 @@ func (b *builder) baseRules() {
 	b.rule("filter-forward", "jump", rejectChecksChain)
 	b.rule("filter-output", "jump", rejectChecksChain)
 
-	b.rule(servicesChain, "ip daddr . meta l4proto . th dport vmap", "@", serviceIPsMap)
-	b.rule(servicesChain, "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap", "@", serviceNodePortsMap)
+	b.rule(servicesChain, ip, "daddr . meta l4proto . th dport vmap", "@", serviceIPsMap)
+	b.rule(servicesChain, "fib daddr type local", ip, "daddr !=", b.cfg.Family.loopback(), "meta l4proto . th dport vmap", "@", serviceNodePortsMap)
 	b.rule(markMasqChain, "meta mark set meta mark or", masqBit)
-	b.rule(masqChain, "ct status dnat ip saddr . ip daddr", "@", hairpinSet, "jump", markMasqChain)
+	b.rule(masqChain, "ct status dnat", ip, "saddr .", ip, "daddr", "@", hairpinSet, "jump", markMasqChain)
 	b.rule(masqChain, "meta mark and", masqBit, "== 0 return")
 	b.rule(masqChain, "meta mark set meta mark xor", masqBit)
 	b.rule(masqChain, "masquerade fully-random")
-	b.rule(rejectChecksChain, "ct state new ip daddr . meta l4proto . th dport vmap", "@", noEndpointsMap)
+	b.rule(rejectChecksChain, "ct state new", ip, "daddr . meta l4proto . th dport vmap", "@", noEndpointsMap)
 	b.rule(rejectChecksChain, "ct state new fib daddr type local meta l4proto . th dport vmap", "@", noEndpointNodePorts)
-	b.rule(rejectChecksChain, "ct state new ip daddr", "@", clusterIPsSet, "reject")
+	b.rule(rejectChecksChain, "ct state new", ip, "daddr", "@", clusterIPsSet, "reject")
 	b.rule(rejectChain, "reject")
 }
 
@@ -193,7 +194,7 @@ func (b *builder) buildPort(sp *ServicePort, eps []Endpoint) {
 			fw := "fw-" + strings.TrimPrefix(extChain(sp), "ext-")
 			b.chain(fw)
 			for _, r := range sp.SourceRanges { // one rule each: no anonymous set
-				b.rule(fw, "ip saddr", r.String(), "goto", target)
+				b.rule(fw, b.cfg.Family.ip(), "saddr", r.String(), "goto", target)
 			}
 			b.rule(fw, "drop")
 			b.element(serviceIPsMap, key, "goto "+fw)
@@ -239,7 +240,7 @@ func (b *builder) externalChain(sp *ServicePort, all []Endpoint) {
 		b.lbChain(clusterTarget, sp, all, false)
 	}
 	if b.cfg.ClusterCIDR.IsValid() {
-		b.rule(ext, "ip saddr", b.cfg.ClusterCIDR.String(), "goto", clusterTarget)
+		b.rule(ext, b.cfg.Family.ip(), "saddr", b.cfg.ClusterCIDR.String(), "goto", clusterTarget)
 	}
 	b.rule(ext, "fib saddr type local jump", markMasqChain)
 	b.rule(ext, "fib saddr type local goto", clusterTarget)
@@ -268,7 +269,7 @@ func (b *builder) lbChain(name string, sp *ServicePort, eps []Endpoint, cluster 
 		case b.cfg.MasqueradeAll:
 			b.rule(name, "jump", markMasqChain)
 		case b.cfg.ClusterCIDR.IsValid():
-			b.rule(name, "ip saddr !=", b.cfg.ClusterCIDR.String(), "jump", markMasqChain)
+			b.rule(name, b.cfg.Family.ip(), "saddr !=", b.cfg.ClusterCIDR.String(), "jump", markMasqChain)
 		}
 	}
 	affinity := sp.AffinityTimeout > 0
@@ -279,7 +280,7 @@ func (b *builder) lbChain(name string, sp *ServicePort, eps []Endpoint, cluster 
 		}
 		if affinity {
 			b.endpointChain(sp, e)
-			b.rule(name, "ip saddr", "@", affinitySet(sp, e), "goto", epChain(sp, e))
+			b.rule(name, b.cfg.Family.ip(), "saddr", "@", affinitySet(sp, e), "goto", epChain(sp, e))
 		}
 	}
 	target := func(e Endpoint) []any {
@@ -312,10 +313,10 @@ func (b *builder) endpointChain(sp *ServicePort, e Endpoint) {
 			b.cur.sets = append(b.cur.sets, set)
 		}
 		secs := int(sp.AffinityTimeout.Seconds())
-		b.tx.Add(&knftables.Set{Name: set, Type: "ipv4_addr", Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
+		b.tx.Add(&knftables.Set{Name: set, Type: b.cfg.Family.addrType(), Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
 			Timeout: knftables.PtrTo(sp.AffinityTimeout), Comment: knftables.PtrTo(fmt.Sprintf("clients of %s (%ds affinity)", e, secs))})
 	}
-	b.rule(name, "update", "@", set, "{ ip saddr }")
+	b.rule(name, "update", "@", set, "{", b.cfg.Family.ip(), "saddr }")
 	b.rule(name, "meta l4proto", sp.Protocol(), "dnat to", e.String())
 }
 
