@@ -95,7 +95,11 @@ func ensureAddrs(h *netlink.Handle, link netlink.Link, want []netip.Prefix) erro
 		if hasAddr(have, p) {
 			continue
 		}
-		err := h.AddrAdd(link, &netlink.Addr{IPNet: netconv.IPNet(p)})
+		addr := &netlink.Addr{IPNet: netconv.IPNet(p)}
+		if p.Addr().Is6() {
+			addr.Flags = unix.IFA_F_NODAD // the gateway is ours alone: usable at once, not after DAD
+		}
+		err := h.AddrAdd(link, addr)
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add address %s: %w", p, err)
 		}

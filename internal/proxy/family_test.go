@@ -23,7 +23,7 @@ func TestDualStackOneProxierPerFamily(t *testing.T) {
 	web.Spec.Ports[0].NodePort = 30080
 	web.Spec.ExternalIPs = []string{"192.0.2.10", "2001:db8::10"}
 	v4 := slice("web", 8080, corev1.ProtocolTCP, ready("10.244.1.2", "node-1"))
-	v6 := slice("web", 8080, corev1.ProtocolTCP, ready("fd00:244:1::2", "node-1"))
+	v6 := slice("web", 8080, corev1.ProtocolTCP, ready("fd00:244:0:1::2", "node-1"))
 	v6.Name, v6.AddressType = "web-v6", discoveryv1.AddressTypeIPv6
 	only4 := service("legacy", "10.96.0.11", corev1.ServicePort{Port: 81})
 	only4Slice := slice("legacy", 8081, corev1.ProtocolTCP, ready("10.244.1.3", "node-1"))
@@ -43,7 +43,7 @@ func TestDualStackOneProxierPerFamily(t *testing.T) {
 		}
 		return fake.Dump()
 	}
-	d4, d6 := dump(IPv4, "10.244.0.0/16"), dump(IPv6, "fd00:244::/56")
+	d4, d6 := dump(IPv4, "10.244.0.0/16"), dump(IPv6, "fd00:244::/48")
 	for _, c := range []struct {
 		name, dump string
 		want, not  []string
@@ -52,7 +52,7 @@ func TestDualStackOneProxierPerFamily(t *testing.T) {
 			[]string{"add table ip flatnet-proxy", "10.96.0.10 . tcp . 80", "192.0.2.10 . tcp . 80", "dnat to 10.244.1.2:8080", "10.96.0.11 . tcp . 81", "tcp . 30080", "ip saddr != 10.244.0.0/16"},
 			[]string{"fd00", "2001:db8"}},
 		{"IPv6", d6,
-			[]string{"add table ip6 flatnet-proxy", "fd00:96::10 . tcp . 80", "2001:db8::10 . tcp . 80", "dnat to [fd00:244:1::2]:8080", "tcp . 30080", "ip6 saddr != fd00:244::/56", "ip6 daddr != ::1"},
+			[]string{"add table ip6 flatnet-proxy", "fd00:96::10 . tcp . 80", "2001:db8::10 . tcp . 80", "dnat to [fd00:244:0:1::2]:8080", "tcp . 30080", "ip6 saddr != fd00:244::/48", "ip6 daddr != ::1"},
 			[]string{"10.96.0.10", "10.244.1.2", "10.96.0.11", "192.0.2.10", " ip saddr", " ip daddr"}},
 	} {
 		for _, w := range c.want {

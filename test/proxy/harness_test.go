@@ -22,6 +22,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
 	"github.com/flatnet-io/flatnet/internal/cniruntime"
@@ -38,11 +39,17 @@ var (
 	serial     atomic.Int32
 )
 
+// The node is dual-stack: IPv4 and IPv6 on the uplink and for pods, and a
+// proxier per family.
 const (
-	nodeUplinkIP = "192.168.88.1"
-	outsideIP    = "192.168.88.2"
-	clusterCIDR  = "10.244.0.0/16"
-	podCIDR      = "10.244.1.0/24"
+	nodeUplinkIP  = "192.168.88.1"
+	outsideIP     = "192.168.88.2"
+	clusterCIDR   = "10.244.0.0/16"
+	podCIDR       = "10.244.1.0/24"
+	nodeUplinkIP6 = "fd00:88::1"
+	outsideIP6    = "fd00:88::2"
+	clusterCIDR6  = "fd00:244::/48"
+	podCIDR6      = "fd00:244:0:1::/64"
 )
 
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
@@ -73,19 +80,21 @@ func runMain(m *testing.M) int {
 
 // env is one node with pods, an outside host, and a proxier.
 type env struct {
-	t       *testing.T
-	name    string
-	node    string // namespace path
-	outside string
-	rt      *cniruntime.Runtime
-	proxier *proxy.Proxier
-	pods    map[string]*pod
+	t        *testing.T
+	name     string
+	node     string // namespace path
+	outside  string
+	rt       *cniruntime.Runtime
+	proxier  *proxy.Proxier // IPv4
+	proxier6 *proxy.Proxier // IPv6
+	pods     map[string]*pod
 }
 
 type pod struct {
 	name string
 	ns   string
-	ip   string
+	ip   string // IPv4
+	ip6  string
 }
 
 // newEnv makes the node (bridge via flatnet-cni, uplink to the outside
@@ -100,26 +109,31 @@ func newEnv(t *testing.T, zone string) *env {
 	e.outside = e.mkns("out")
 	e.link()
 	dir := t.TempDir()
-	conflist := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"fntest","plugins":[{"type":"flatnet-cni","bridge":"fn0","ipam":{"ranges":[[{"subnet":%q}]],"dataDir":%q}}]}`, podCIDR, dir+"/ipam")
+	conflist := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"fntest","plugins":[{"type":"flatnet-cni","bridge":"fn0","ipam":{"ranges":[[{"subnet":%q}],[{"subnet":%q}]],"dataDir":%q}}]}`, podCIDR, podCIDR6, dir+"/ipam")
 	rt, err := cniruntime.New(e.node, []string{pluginDir}, filepath.Join(dir, "cache"), []byte(conflist))
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.rt = rt
-	err = netns.Do(e.node, func() error {
-		nft, err := knftables.New(knftables.IPv4Family, proxy.Table)
+	newProxier := func(fam proxy.Family, cidr string) (p *proxy.Proxier) {
+		err := netns.Do(e.node, func() error {
+			nft, err := knftables.New(fam.NFTFamily(), proxy.Table)
+			if err != nil {
+				return err
+			}
+			cfg := proxy.Config{Family: fam, NodeName: "node-1", NodeZone: zone, ClusterCIDR: netip.MustParsePrefix(cidr)}
+			p = proxy.New(cfg, nft, nsConntrack{e.node, fam}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			return nil
+		})
 		if err != nil {
-			return err
+			t.Fatal(err)
 		}
-		cfg := proxy.Config{NodeName: "node-1", NodeZone: zone, ClusterCIDR: netip.MustParsePrefix(clusterCIDR)}
-		e.proxier = proxy.New(cfg, nft, nsConntrack{e.node}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+		return p
 	}
+	e.proxier, e.proxier6 = newProxier(proxy.IPv4, clusterCIDR), newProxier(proxy.IPv6, clusterCIDR6)
 	t.Cleanup(func() {
 		e.proxier.Close()
+		e.proxier6.Close()
 		for _, p := range e.pods {
 			_ = e.rt.Del(context.Background(), cniruntime.Pod{ID: p.name, NetNS: p.ns, IfName: "eth0"})
 		}
@@ -157,12 +171,13 @@ func (e *env) link() {
 		h    *netlink.Handle
 		name string
 		cidr string
-	}{{nodeH, "uplink", nodeUplinkIP + "/24"}, {outH, "eth0", outsideIP + "/24"}} {
+	}{{nodeH, "uplink", nodeUplinkIP + "/24"}, {outH, "eth0", outsideIP + "/24"}, {nodeH, "uplink", nodeUplinkIP6 + "/64"}, {outH, "eth0", outsideIP6 + "/64"}} {
 		l, err := c.h.LinkByName(c.name)
 		if err != nil {
 			e.t.Fatal(err)
 		}
 		a, _ := netlink.ParseAddr(c.cidr)
+		a.Flags = unix.IFA_F_NODAD // IPv6: usable at once
 		if err := c.h.AddrAdd(l, a); err != nil {
 			e.t.Fatal(err)
 		}
@@ -176,7 +191,7 @@ func (e *env) link() {
 		h   *netlink.Handle
 		dev string
 		gw  string
-	}{{outH, "eth0", nodeUplinkIP}, {nodeH, "uplink", outsideIP}} {
+	}{{outH, "eth0", nodeUplinkIP}, {nodeH, "uplink", outsideIP}, {outH, "eth0", nodeUplinkIP6}, {nodeH, "uplink", outsideIP6}} {
 		l, _ := r.h.LinkByName(r.dev)
 		if err := r.h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP(r.gw)}); err != nil {
 			e.t.Fatal(err)
@@ -209,7 +224,14 @@ func (e *env) addPod(name string) *pod {
 		e.t.Fatal(err)
 	}
 	r, _ := current.NewResultFromResult(res)
-	p := &pod{name: name, ns: path, ip: r.IPs[0].Address.IP.String()}
+	p := &pod{name: name, ns: path}
+	for _, ip := range r.IPs {
+		if ip.Address.IP.To4() != nil {
+			p.ip = ip.Address.IP.String()
+		} else {
+			p.ip6 = ip.Address.IP.String()
+		}
+	}
 	e.pods[name] = p
 	var ln net.Listener
 	var pc net.PacketConn
@@ -250,8 +272,10 @@ func (e *env) addPod(name string) *pod {
 // sync programs the proxier's current state into the node's nftables.
 func (e *env) sync() {
 	e.t.Helper()
-	if err := netns.Do(e.node, func() error { return e.proxier.Sync(context.Background()) }); err != nil {
-		e.t.Fatalf("sync: %v", err)
+	for _, p := range []*proxy.Proxier{e.proxier, e.proxier6} {
+		if err := netns.Do(e.node, func() error { return p.Sync(context.Background()) }); err != nil {
+			e.t.Fatalf("sync: %v", err)
+		}
 	}
 }
 
@@ -281,10 +305,13 @@ func seenClient(reply string) string {
 }
 
 // nsConntrack runs the kernel conntrack cleanup inside the node namespace.
-type nsConntrack struct{ node string }
+type nsConntrack struct {
+	node string
+	fam  proxy.Family
+}
 
 func (c nsConntrack) Delete(flows []proxy.Flow) error {
-	return netns.Do(c.node, func() error { return proxy.KernelConntrack{}.Delete(flows) })
+	return netns.Do(c.node, func() error { return proxy.KernelConntrack{Family: c.fam}.Delete(flows) })
 }
 
 // udpSocket opens a UDP socket from a pod to addr; ask sends one datagram
