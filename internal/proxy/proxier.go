@@ -2,8 +2,10 @@
 // packet to a Service (ClusterIP, NodePort, externalIP, load-balancer IP) is
 // DNATed to one of its ready endpoints, picked at random, as kube-proxy does.
 //
-// Design notes (kernel state): one table, "ip flatnet-proxy", owned by the
-// proxy and nothing else. Base chains at the NAT and filter hooks only
+// Design notes (kernel state): one table per IP family, "ip flatnet-proxy"
+// (and "ip6 flatnet-proxy" on a dual-stack node, programmed by a second
+// Proxier with Config.Family IPv6; see Family), owned by the proxy and
+// nothing else. Base chains at the NAT and filter hooks only
 // dispatch into verdict maps keyed by "address . protocol . port" (and
 // "protocol . port" for NodePorts), so the per-packet cost stays constant as
 // Services grow. Each Service port has a chain that picks an endpoint at
@@ -33,9 +35,11 @@
 // consistent ruleset to the next. The first sync (and one after any failure,
 // and one an hour) rewrites the whole table; the others rewrite only the
 // Service ports whose Service or endpoints changed. Nothing is flushed
-// on exit. After a sync, conntrack entries of UDP flows that would now
-// blackhole (removed endpoints, Services gone or going from 0 to N
-// endpoints) are deleted.
+// on exit. After a sync, conntrack entries that would now send packets the
+// wrong way are deleted in one pass over the table (see staleFlows): UDP
+// flows of removed endpoints and of Services gone or going from 0 to N
+// endpoints, and TCP flows to a Service port that just got endpoints but
+// were never NATed (a SYN sent before the rules existed).
 package proxy
 
 import (
