@@ -3,7 +3,6 @@ package proxy
 import (
 	"net/netip"
 
-	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"sigs.k8s.io/knftables"
 )
@@ -20,20 +19,25 @@ const (
 	IPv6
 )
 
-func (f Family) String() string {
-	if f == IPv6 {
-		return "IPv6"
-	}
-	return "IPv4"
+// familyWords is how nftables and the Kubernetes API name a family.
+type familyWords struct {
+	name        string
+	nft         knftables.Family
+	ip          string // payload keyword: "ip saddr" or "ip6 saddr"
+	addrType    string // set and map key type
+	loopback    string // the range NodePorts are never served on
+	addressType discoveryv1.AddressType
 }
 
-// NFTFamily is the nftables family of the proxy's table.
-func (f Family) NFTFamily() knftables.Family {
-	if f == IPv6 {
-		return knftables.IPv6Family
-	}
-	return knftables.IPv4Family
+var families = [...]familyWords{
+	IPv4: {"IPv4", knftables.IPv4Family, "ip", "ipv4_addr", "127.0.0.0/8", discoveryv1.AddressTypeIPv4},
+	IPv6: {"IPv6", knftables.IPv6Family, "ip6", "ipv6_addr", "::1", discoveryv1.AddressTypeIPv6},
 }
+
+func (f Family) String() string { return families[f].name }
+
+// NFTFamily is the nftables family of the proxy's table.
+func (f Family) NFTFamily() knftables.Family { return families[f].nft }
 
 // FamilyOf is the family of an address.
 func FamilyOf(a netip.Addr) Family {
@@ -43,41 +47,8 @@ func FamilyOf(a netip.Addr) Family {
 	return IPv4
 }
 
-func (f Family) has(a netip.Addr) bool { return a.IsValid() && FamilyOf(a) == f }
-
-// ip is the nftables payload keyword: "ip saddr" or "ip6 saddr".
-func (f Family) ip() string {
-	if f == IPv6 {
-		return "ip6"
-	}
-	return "ip"
-}
-
-func (f Family) addrType() string {
-	if f == IPv6 {
-		return "ipv6_addr"
-	}
-	return "ipv4_addr"
-}
-
-// loopback is the range NodePorts are never served on.
-func (f Family) loopback() string {
-	if f == IPv6 {
-		return "::1"
-	}
-	return "127.0.0.0/8"
-}
-
-func (f Family) addressType() discoveryv1.AddressType {
-	if f == IPv6 {
-		return discoveryv1.AddressTypeIPv6
-	}
-	return discoveryv1.AddressTypeIPv4
-}
-
-func (f Family) ipFamily() corev1.IPFamily {
-	if f == IPv6 {
-		return corev1.IPv6Protocol
-	}
-	return corev1.IPv4Protocol
-}
+func (f Family) has(a netip.Addr) bool                { return a.IsValid() && FamilyOf(a) == f }
+func (f Family) ip() string                           { return families[f].ip }
+func (f Family) addrType() string                     { return families[f].addrType }
+func (f Family) loopback() string                     { return families[f].loopback }
+func (f Family) addressType() discoveryv1.AddressType { return families[f].addressType }
