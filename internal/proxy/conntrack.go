@@ -145,10 +145,11 @@ func staleFlows(old, cur map[ServicePortName]*portObjects, zone string) []Flow {
 		}
 	}
 	for name, now := range cur {
-		if len(usableOf(now)) == 0 {
+		was := old[name]
+		if was == now { // not rebuilt by this sync: nothing changed for it
 			continue
 		}
-		if was := old[name]; was != nil && was.sp.ClusterIP == now.sp.ClusterIP && len(usableOf(was)) > 0 {
+		if len(usableOf(now)) == 0 || was != nil && was.sp.ClusterIP == now.sp.ClusterIP && len(usableOf(was)) > 0 {
 			continue
 		}
 		out = append(out, portFlows(now.sp, netip.Addr{}, now.sp.Name.Protocol != corev1.ProtocolUDP)...)
