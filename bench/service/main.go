@@ -43,7 +43,8 @@ type row struct {
 	fullSync            float64 // seconds, from the proxy's metric; 0 unknown
 	rssMiB              float64
 	latP50, latP99      time.Duration
-	viaVIP, direct      rate
+	viaVIP, direct      rate // client: node-1 itself (DNAT and masquerade, as upstream)
+	podVIP, podDirect   rate // client: a pod on node-1 (DNAT only)
 	createdIn           time.Duration
 	programmingFailures error
 }
@@ -97,10 +98,19 @@ func measureAll(ctx context.Context, o lab.Options, sizes, only string, samples 
 	if err != nil {
 		return nil, err
 	}
-	ips, err := backends(ctx, c)
+	pods, err := backends(ctx, c)
 	if err != nil {
 		return nil, err
 	}
+	var ips []string
+	for _, p := range pods {
+		ips = append(ips, p.Status.PodIP)
+	}
+	clients, err := pinnedPods(ctx, c, "client", "node-1", 1)
+	if err != nil {
+		return nil, err
+	}
+	clientNS := l.PodNetNS(&clients[0])
 	nodeNS, serverNS := netns.Path(l.NS("node-1")), netns.Path(l.NS("node-2"))
 	var rows []row
 	for _, s := range strings.Split(sizes, ",") {
@@ -146,6 +156,8 @@ func measureAll(ctx context.Context, o lab.Options, sizes, only string, samples 
 			r.latP50, r.latP99 = pct(lat, .5), pct(lat, .99)
 			r.viaVIP = connRateExplained("via ClusterIP", nodeNS, serverNS, vip)
 			r.direct = connRateExplained("to the pod", nodeNS, serverNS, net.JoinHostPort(ips[0], "8080"))
+			r.podVIP = connRateExplained("pod client via ClusterIP", clientNS, serverNS, vip)
+			r.podDirect = connRateExplained("pod client to the pod", clientNS, serverNS, net.JoinHostPort(ips[0], "8080"))
 			if err := stop(l, o.BinDir, p); err != nil {
 				return rows, err
 			}
@@ -180,7 +192,7 @@ func report(rows []row) {
 	}
 	fmt.Println()
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "services\tproxy\tstart->working\tfull sync\tRSS MiB\tprog. latency p50\tp99\tconn/s via ClusterIP\tp50\tfailed\tconn/s to pod\tp50\t")
+	fmt.Fprintln(w, "services\tproxy\tstart->working\tfull sync\tRSS MiB\tprog. latency p50\tp99\tconn/s via ClusterIP\tp50\tfailed\tconn/s to pod\tp50\tfrom a pod: via ClusterIP\tfailed\tto pod\t")
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000) }
 	us := func(d time.Duration) string { return fmt.Sprintf("%d µs", d.Microseconds()) }
 	for _, r := range rows {
@@ -192,8 +204,9 @@ func report(rows []row) {
 		if r.programmingFailures != nil {
 			lat99 += " (" + r.programmingFailures.Error() + ")"
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%.0f\t%s\t%s\t%.0f\t%s\t%d\t%.0f\t%s\t\n", r.size, r.proxy, ms(r.startToWorking), full, r.rssMiB,
-			ms(r.latP50), lat99, r.viaVIP.perSec, us(r.viaVIP.p50), r.viaVIP.failures, r.direct.perSec, us(r.direct.p50))
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%.0f\t%s\t%s\t%.0f\t%s\t%d\t%.0f\t%s\t%.0f\t%d\t%.0f\t\n", r.size, r.proxy, ms(r.startToWorking), full, r.rssMiB,
+			ms(r.latP50), lat99, r.viaVIP.perSec, us(r.viaVIP.p50), r.viaVIP.failures, r.direct.perSec, us(r.direct.p50),
+			r.podVIP.perSec, r.podVIP.failures, r.podDirect.perSec)
 	}
 	_ = w.Flush()
 	for _, size := range []int{rows[0].size, rows[len(rows)-1].size} {
@@ -213,5 +226,21 @@ func report(rows []row) {
 		if size == rows[len(rows)-1].size {
 			break
 		}
+	}
+	first := map[string]*row{} // each proxy's row at the smallest size
+	for i := range rows {
+		r := &rows[i]
+		if first[r.proxy] == nil {
+			first[r.proxy] = r
+		}
+		ratio := func(a, b float64) float64 {
+			if b == 0 {
+				return 0
+			}
+			return a / b
+		}
+		fmt.Printf("%d Services, %s: via ClusterIP / to pod = %.2f from node-1, %.2f from a pod; via ClusterIP vs %d Services = %.2f from node-1, %.2f from a pod\n",
+			r.size, r.proxy, ratio(r.viaVIP.perSec, r.direct.perSec), ratio(r.podVIP.perSec, r.podDirect.perSec),
+			first[r.proxy].size, ratio(r.viaVIP.perSec, first[r.proxy].viaVIP.perSec), ratio(r.podVIP.perSec, first[r.proxy].podVIP.perSec))
 	}
 }

@@ -19,9 +19,9 @@ import (
 
 const benchNS = "bench"
 
-// backends deploys two netexec pods on node-2 and returns their IPs: every
+// backends deploys two netexec pods on node-2 and returns them: every
 // benchmark Service points at them, so every Service really works.
-func backends(ctx context.Context, c kubernetes.Interface) ([]string, error) {
+func backends(ctx context.Context, c kubernetes.Interface) ([]corev1.Pod, error) {
 	_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: benchNS}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
@@ -32,32 +32,37 @@ func backends(ctx context.Context, c kubernetes.Interface) ([]string, error) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	d := lab.NetexecDeployment("backend", 2)
+	return pinnedPods(ctx, c, "backend", "node-2", 2)
+}
+
+// pinnedPods deploys n netexec pods on node and waits for them to be Ready.
+func pinnedPods(ctx context.Context, c kubernetes.Interface, name, node string, n int32) ([]corev1.Pod, error) {
+	d := lab.NetexecDeployment(name, n)
 	d.Spec.Template.Spec.TopologySpreadConstraints = nil
-	d.Spec.Template.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": "node-2"}
+	d.Spec.Template.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": node}
 	if _, err := c.AppsV1().Deployments(benchNS).Create(ctx, d, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
-		pods, err := c.CoreV1().Pods(benchNS).List(ctx, metav1.ListOptions{LabelSelector: "app=backend"})
+		pods, err := c.CoreV1().Pods(benchNS).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
 		if err != nil {
 			return nil, err
 		}
-		var ips []string
+		var ready []corev1.Pod
 		for _, p := range pods.Items {
 			for _, cond := range p.Status.Conditions {
 				if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue && p.DeletionTimestamp == nil {
-					ips = append(ips, p.Status.PodIP)
+					ready = append(ready, p)
 				}
 			}
 		}
-		if len(ips) == 2 {
-			return ips, nil
+		if len(ready) == int(n) {
+			return ready, nil
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	return nil, fmt.Errorf("backend pods not ready")
+	return nil, fmt.Errorf("%s pods on %s not ready", name, node)
 }
 
 // createService makes a selector-less Service and its EndpointSlice on the

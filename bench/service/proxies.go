@@ -29,7 +29,7 @@ func proxies() []proxyUnderTest {
 		return func(l lab.Layout, bin string) []string {
 			return []string{filepath.Join(bin, "flatnet-controlplane"), "kube-proxy",
 				"--kubeconfig=" + l.Kubeconfig("flatnetd-node-1"), "--hostname-override=node-1",
-				"--proxy-mode=" + mode, "--cluster-cidr=" + lab.ClusterCIDR.String(),
+				"--proxy-mode=" + mode, "--cluster-cidr=" + lab.ClusterCIDRs(),
 				"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256",
 				// leave the machine-wide conntrack limits alone
 				"--conntrack-max-per-core=0", "--conntrack-min=0",
@@ -74,6 +74,7 @@ func stop(l lab.Layout, bin string, p proxyUnderTest) error {
 	switch p.table {
 	case "ip flatnet-proxy":
 		_ = runIn(node, "nft", "delete", "table", "ip", "flatnet-proxy")
+		_ = runIn(node, "nft", "delete", "table", "ip6", "flatnet-proxy")
 	default:
 		mode := "nftables"
 		if p.table == "iptables" {

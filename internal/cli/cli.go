@@ -226,7 +226,10 @@ func runKubelet(ctx context.Context, args []string) int {
 	var c kubelet.Config
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig")
 	fs.StringVar(&c.NodeName, "node-name", "", "node name")
-	fs.StringVar(&c.NodeIP, "node-ip", "", "node InternalIP")
+	fs.Func("node-ip", "node InternalIP, or one per family comma-separated (dual-stack; the first is the primary)", func(v string) error {
+		c.NodeIPs = strings.Split(v, ",")
+		return nil
+	})
 	fs.StringVar(&c.StateDir, "state-dir", "", "node state directory")
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "", "CNI configuration directory")
 	fs.StringVar(&c.CNIBinDir, "cni-bin-dir", "", "CNI plugin directory")

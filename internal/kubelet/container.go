@@ -202,7 +202,7 @@ func (w *podWorker) env(c *container) []string {
 	field := map[string]string{
 		"metadata.name": w.name, "metadata.namespace": w.ns, "metadata.uid": string(w.uid),
 		"spec.nodeName": w.k.cfg.NodeName, "spec.serviceAccountName": w.pod.Spec.ServiceAccountName,
-		"status.podIP": podIP, "status.hostIP": w.k.cfg.NodeIP,
+		"status.podIP": podIP, "status.hostIP": w.k.cfg.NodeIPs[0],
 	}
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOSTNAME=" + w.name,
 		workload.EnvPodName + "=" + w.name, workload.EnvPodNamespace + "=" + w.ns, workload.EnvPodIP + "=" + podIP}

@@ -23,6 +23,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -41,7 +42,7 @@ import (
 // Config is what one lab kubelet needs.
 type Config struct {
 	NodeName    string
-	NodeIP      string
+	NodeIPs     []string // InternalIPs, one per family; the first is the primary
 	Kubeconfig  string
 	StateDir    string
 	CNIConfDir  string
@@ -65,6 +66,9 @@ type Kubelet struct {
 
 // New connects to the API server.
 func New(cfg Config, log *slog.Logger) (*Kubelet, error) {
+	if err := validNodeIPs(cfg.NodeIPs); err != nil {
+		return nil, err
+	}
 	rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 	if err != nil {
 		return nil, err
@@ -161,3 +165,22 @@ func (k *Kubelet) podDir(uid types.UID) string {
 }
 
 const syncPeriod = time.Second
+
+// validNodeIPs accepts one address, or two of different families.
+func validNodeIPs(ips []string) error {
+	if len(ips) == 0 || len(ips) > 2 {
+		return fmt.Errorf("node IPs %q: want one, or one per IP family", ips)
+	}
+	var fams []bool
+	for _, s := range ips {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return fmt.Errorf("node IP: %w", err)
+		}
+		fams = append(fams, a.Is4())
+	}
+	if len(fams) == 2 && fams[0] == fams[1] {
+		return fmt.Errorf("node IPs %q: two of the same family", ips)
+	}
+	return nil
+}

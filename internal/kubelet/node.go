@@ -124,10 +124,23 @@ func (k *Kubelet) updateNodeStatus(ctx context.Context) error {
 	}
 	node.Status.Capacity, node.Status.Allocatable = capacity, capacity
 	node.Status.Conditions = conds
-	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: k.cfg.NodeIP}, {Type: corev1.NodeHostName, Address: k.cfg.NodeName}}
+	node.Status.Addresses = nil
+	for _, ip := range k.cfg.NodeIPs {
+		node.Status.Addresses = append(node.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip})
+	}
+	node.Status.Addresses = append(node.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: k.cfg.NodeName})
 	node.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: kubeletVersion, ContainerRuntimeVersion: "flatnet-lab://processes",
 		OperatingSystem: runtime.GOOS, Architecture: runtime.GOARCH, OSImage: "flatnet lab on " + hostname,
 		KernelVersion: unix.ByteSliceToString(uts.Release[:])}
 	_, err = k.client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 	return err
+}
+
+// hostIPs are the node's InternalIPs as a pod's status.hostIPs.
+func (k *Kubelet) hostIPs() []corev1.HostIP {
+	out := make([]corev1.HostIP, 0, len(k.cfg.NodeIPs))
+	for _, ip := range k.cfg.NodeIPs {
+		out = append(out, corev1.HostIP{IP: ip})
+	}
+	return out
 }

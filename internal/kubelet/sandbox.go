@@ -44,7 +44,7 @@ func (w *podWorker) ensureSandbox(ctx context.Context) error {
 		return nil
 	}
 	if w.pod.Spec.HostNetwork {
-		w.sandbox = &sandbox{ips: []string{w.k.cfg.NodeIP}}
+		w.sandbox = &sandbox{ips: w.k.cfg.NodeIPs}
 		return nil
 	}
 	rt, err := w.k.net.runtime()

@@ -14,8 +14,8 @@ func (w *podWorker) status() corev1.PodStatus {
 	old := w.pod.Status
 	st := corev1.PodStatus{
 		Phase:    corev1.PodPending,
-		HostIP:   w.k.cfg.NodeIP,
-		HostIPs:  []corev1.HostIP{{IP: w.k.cfg.NodeIP}},
+		HostIP:   w.k.cfg.NodeIPs[0],
+		HostIPs:  w.k.hostIPs(),
 		QOSClass: old.QOSClass,
 	}
 	if !w.startTime.IsZero() {

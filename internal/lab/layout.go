@@ -6,13 +6,16 @@
 // Design notes (the state a lab leaves on the machine while it is up):
 //
 //   - Network namespaces, all named fn-<lab>-*: "switch" holds the underlay
-//     bridge br0 and is also the "outside" host (172.30.0.1); "cp" holds
-//     etcd, kube-apiserver, kube-controller-manager and kube-scheduler
-//     (172.30.0.2); "node-N" is node N (172.30.0.(10+N)) with its flatnetd, its
-//     lab kubelet and, inside, the node bridge made by flatnet-cni; pod
-//     namespaces are fn-<lab>-p-<pod UID>. Each host has a veth to br0 and a
-//     default route via the outside host. Nothing is added to the machine's
-//     own namespace but one loopback listener, the API forwarder for kubectl.
+//     bridge br0 and is also the "outside" host (172.30.0.1, fd00:30::1);
+//     "cp" holds etcd, kube-apiserver, kube-controller-manager and
+//     kube-scheduler (172.30.0.2, fd00:30::2); "node-N" is node N
+//     (172.30.0.(10+N), fd00:30::(10+N)) with its flatnetd, its lab kubelet
+//     and, inside, the node bridge made by flatnet-cni; pod namespaces are
+//     fn-<lab>-p-<pod UID>. Each host has a veth to br0, an address of each
+//     family (IPv6 ones without DAD: nothing else can hold them) and a
+//     default route of each family via the outside host. Nothing is added to
+//     the machine's own namespace but one loopback listener, the API
+//     forwarder for kubectl.
 //   - Processes, started detached (own session), their logs in
 //     <state>/logs/<component>.log and pids in <state>/pids/. Every one of
 //     them either runs in a lab namespace or names the state directory on its
@@ -32,14 +35,27 @@ import (
 )
 
 // Fixed addressing of a lab; every lab has its own underlay namespace, so two
-// labs never see each other's addresses.
+// labs never see each other's addresses. A lab is dual-stack, IPv4 first:
+// every host has an address of each family, nodes get a pod CIDR of each
+// (kube-controller-manager cuts a /24 and a /64), pods an IP of each, and
+// Services are IPv4 unless their ipFamilyPolicy asks for IPv6 too.
 var (
 	Underlay    = netip.MustParsePrefix("172.30.0.0/24")
 	OutsideIP   = netip.MustParseAddr("172.30.0.1")
 	APIServerIP = netip.MustParseAddr("172.30.0.2")
 	ClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
 	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
+
+	Underlay6    = netip.MustParsePrefix("fd00:30::/64")
+	OutsideIP6   = netip.MustParseAddr("fd00:30::1")
+	APIServerIP6 = netip.MustParseAddr("fd00:30::2")
+	ClusterCIDR6 = netip.MustParsePrefix("fd00:244::/48")
+	ServiceCIDR6 = netip.MustParsePrefix("fd00:96::/112")
 )
+
+// ClusterCIDRs and ServiceCIDRs are the flag values of a dual-stack lab.
+func ClusterCIDRs() string { return ClusterCIDR.String() + "," + ClusterCIDR6.String() }
+func ServiceCIDRs() string { return ServiceCIDR.String() + "," + ServiceCIDR6.String() }
 
 // DefaultStateRoot is where labs keep their files.
 const DefaultStateRoot = "/var/lib/flatnet/labs"
@@ -71,6 +87,15 @@ func (l Layout) NodeIP(i int) netip.Addr {
 	a[3] = byte(10 + i)
 	return netip.AddrFrom4(a)
 }
+
+// NodeIP6 is the IPv6 underlay address of node i: fd00:30::(10+i), the
+// same last digits as its IPv4 address.
+func (l Layout) NodeIP6(i int) netip.Addr {
+	return netip.MustParseAddr(Underlay6.Addr().String() + strconv.Itoa(10+i))
+}
+
+// NodeIPs are node i's InternalIPs, IPv4 first.
+func (l Layout) NodeIPs(i int) []netip.Addr { return []netip.Addr{l.NodeIP(i), l.NodeIP6(i)} }
 
 // PodNS is the namespace name of a pod.
 func (l Layout) PodNS(uid string) string { return l.Prefix() + "p-" + uid }

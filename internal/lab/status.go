@@ -53,13 +53,13 @@ func Status(ctx context.Context, stateRoot, name string, out io.Writer) error {
 				ready = string(c.Status)
 			}
 		}
-		ip := ""
+		var ips []string
 		for _, a := range n.Status.Addresses {
 			if a.Type == "InternalIP" {
-				ip = a.Address
+				ips = append(ips, a.Address)
 			}
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", n.Name, ready, ip, strings.Join(n.Spec.PodCIDRs, ","))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", n.Name, ready, strings.Join(ips, ","), strings.Join(n.Spec.PodCIDRs, ","))
 	}
 	_ = w.Flush()
 	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
@@ -71,9 +71,13 @@ func Status(ctx context.Context, stateRoot, name string, out io.Writer) error {
 	})
 	fmt.Fprintln(out)
 	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "POD\tNODE\tPHASE\tIP")
+	fmt.Fprintln(w, "POD\tNODE\tPHASE\tIPS")
 	for _, p := range pods.Items {
-		fmt.Fprintf(w, "%s/%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.Spec.NodeName, p.Status.Phase, p.Status.PodIP)
+		var ips []string
+		for _, ip := range p.Status.PodIPs {
+			ips = append(ips, ip.IP)
+		}
+		fmt.Fprintf(w, "%s/%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.Spec.NodeName, p.Status.Phase, strings.Join(ips, ","))
 	}
 	return w.Flush()
 }

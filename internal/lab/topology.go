@@ -19,12 +19,13 @@ import (
 type host struct {
 	role string
 	ip   netip.Addr
+	ip6  netip.Addr
 }
 
 func (l Layout) hosts() []host {
-	hs := []host{{"cp", APIServerIP}}
+	hs := []host{{"cp", APIServerIP, APIServerIP6}}
 	for i := 1; i <= l.Nodes; i++ {
-		hs = append(hs, host{l.NodeName(i), l.NodeIP(i)})
+		hs = append(hs, host{l.NodeName(i), l.NodeIP(i), l.NodeIP6(i)})
 	}
 	return hs
 }
@@ -42,7 +43,7 @@ func (l Layout) ensureTopology() error {
 		return err
 	}
 	defer swh.Close()
-	br, err := ensureBridge(swh, "br0", netip.PrefixFrom(OutsideIP, Underlay.Bits()))
+	br, err := ensureBridge(swh, "br0", netip.PrefixFrom(OutsideIP, Underlay.Bits()), netip.PrefixFrom(OutsideIP6, Underlay6.Bits()))
 	if err != nil {
 		return fmt.Errorf("underlay bridge: %w", err)
 	}
@@ -90,11 +91,27 @@ func (l Layout) ensureHost(swh *netlink.Handle, br netlink.Link, h host) error {
 	if err := hh.LinkSetUp(eth0); err != nil {
 		return err
 	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: h.ip.AsSlice(), Mask: net.CIDRMask(Underlay.Bits(), 32)}}
-	if err := hh.AddrAdd(eth0, addr); err != nil {
-		return err
+	for _, a := range []netip.Prefix{netip.PrefixFrom(h.ip, Underlay.Bits()), netip.PrefixFrom(h.ip6, Underlay6.Bits())} {
+		if err := hh.AddrAdd(eth0, netlinkAddr(a)); err != nil {
+			return err
+		}
 	}
-	return hh.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: OutsideIP.AsSlice()})
+	for _, gw := range []netip.Addr{OutsideIP, OutsideIP6} {
+		if err := hh.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: gw.AsSlice()}); err != nil {
+			return fmt.Errorf("default route via %s: %w", gw, err)
+		}
+	}
+	return nil
+}
+
+// netlinkAddr is an interface address; an IPv6 one skips duplicate address
+// detection (the lab alone hands out its addresses), so it is usable at once.
+func netlinkAddr(p netip.Prefix) *netlink.Addr {
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	return a
 }
 
 func ensureNS(name string) (string, error) {
@@ -118,7 +135,7 @@ func handleAt(path string) (*netlink.Handle, error) {
 	return netlink.NewHandleAt(ns)
 }
 
-func ensureBridge(h *netlink.Handle, name string, addr netip.Prefix) (netlink.Link, error) {
+func ensureBridge(h *netlink.Handle, name string, addrs ...netip.Prefix) (netlink.Link, error) {
 	link, err := h.LinkByName(name)
 	if err != nil {
 		attrs := netlink.NewLinkAttrs()
@@ -134,9 +151,10 @@ func ensureBridge(h *netlink.Handle, name string, addr netip.Prefix) (netlink.Li
 	if err := h.LinkSetUp(link); err != nil {
 		return nil, err
 	}
-	a := &netlink.Addr{IPNet: &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), 32)}}
-	if err := h.AddrAdd(link, a); err != nil && !errors.Is(err, unix.EEXIST) {
-		return nil, err
+	for _, addr := range addrs {
+		if err := h.AddrAdd(link, netlinkAddr(addr)); err != nil && !errors.Is(err, unix.EEXIST) {
+			return nil, err
+		}
 	}
 	return link, nil
 }

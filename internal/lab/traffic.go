@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sort"
 	"time"
 
@@ -113,22 +114,25 @@ func Traffic(ctx context.Context, stateRoot, name string, out io.Writer) error {
 		time.Sleep(500 * time.Millisecond)
 	}
 	sort.Slice(pods, func(i, j int) bool { return pods[i].Spec.NodeName+pods[i].Name < pods[j].Spec.NodeName+pods[j].Name })
-	step(out, "each pod asks a pod on the next node which address it came from (netexec /clientip, UDP clientip)")
-	failed := 0
+	step(out, "each pod asks a pod on the next node which address it came from (netexec /clientip, UDP clientip), over each IP family")
+	failed, asked := 0, 0
 	for i, from := range pods {
 		to := pods[(i+2)%len(pods)] // two per node, sorted by node: +2 is the next node
-		addrHTTP := net.JoinHostPort(to.Status.PodIP, "8080")
-		seen, err := probe.HTTPGet(l.PodNetNS(&from), addrHTTP, "/clientip")
-		seenUDP, errUDP := probe.UDPRequest(l.PodNetNS(&from), net.JoinHostPort(to.Status.PodIP, "8081"), "clientip")
-		verdict := "no NAT"
-		if err != nil || errUDP != nil || hostOf(seen) != from.Status.PodIP || hostOf(seenUDP) != from.Status.PodIP {
-			verdict, failed = fmt.Sprintf("FAILED (%v, %v)", err, errUDP), failed+1
+		for _, pair := range sameFamilyIPs(from.Status.PodIPs, to.Status.PodIPs) {
+			src, dst := pair[0], pair[1]
+			seen, err := probe.HTTPGet(l.PodNetNS(&from), net.JoinHostPort(dst, "8080"), "/clientip")
+			seenUDP, errUDP := probe.UDPRequest(l.PodNetNS(&from), net.JoinHostPort(dst, "8081"), "clientip")
+			verdict := "no NAT"
+			if err != nil || errUDP != nil || hostOf(seen) != src || hostOf(seenUDP) != src {
+				verdict, failed = fmt.Sprintf("FAILED (%v, %v)", err, errUDP), failed+1
+			}
+			asked++
+			fmt.Fprintf(out, "  %-24s %-7s %-22s -> %-22s %-7s  HTTP saw %-28s UDP saw %-28s %s\n",
+				from.Name, from.Spec.NodeName, src, dst, to.Spec.NodeName, seen, seenUDP, verdict)
 		}
-		fmt.Fprintf(out, "  %-24s %-7s %-12s -> %-12s %-7s  HTTP saw %-18s UDP saw %-18s %s\n",
-			from.Name, from.Spec.NodeName, from.Status.PodIP, to.Status.PodIP, to.Spec.NodeName, seen, seenUDP, verdict)
 	}
 	if failed > 0 {
-		return fmt.Errorf("%d of %d cross-node requests failed", failed, len(pods))
+		return fmt.Errorf("%d of %d cross-node requests failed", failed, asked)
 	}
 	fmt.Fprintf(out, "\ncross-node pod traffic flows with the client's own pod IP; try:\n  flatnet lab exec %s/%s -- curl -s %s/hostname\n",
 		ns, pods[0].Name, net.JoinHostPort(pods[len(pods)-1].Status.PodIP, "8080"))
@@ -147,4 +151,22 @@ func podReady(p *corev1.Pod) bool {
 func hostOf(hostport string) string {
 	h, _, _ := net.SplitHostPort(hostport)
 	return h
+}
+
+// sameFamilyIPs pairs each address of a with the address of b of the same
+// IP family: one pair on a single-stack cluster, two on a dual-stack one.
+func sameFamilyIPs(a, b []corev1.PodIP) [][2]string {
+	var out [][2]string
+	for _, x := range a {
+		xa, err := netip.ParseAddr(x.IP)
+		if err != nil {
+			continue
+		}
+		for _, y := range b {
+			if ya, err := netip.ParseAddr(y.IP); err == nil && ya.Is4() == xa.Is4() {
+				out = append(out, [2]string{x.IP, y.IP})
+			}
+		}
+	}
+	return out
 }

@@ -150,10 +150,14 @@ func assertNodeState(t *testing.T, pods []corev1.Pod) {
 	t.Helper()
 	eventually(t, time.Minute, "IPAM and veths match running pods", func() error {
 		for i := 1; i <= nodes; i++ {
-			var want []string
+			var want []string // every IP of every pod: one per family
+			onNode := 0
 			for _, p := range pods {
 				if p.Spec.NodeName == layout.NodeName(i) {
-					want = append(want, p.Status.PodIP)
+					onNode++
+					for _, ip := range p.Status.PodIPs {
+						want = append(want, ip.IP)
+					}
 				}
 			}
 			got := ipamClaims(t, i)
@@ -162,8 +166,8 @@ func assertNodeState(t *testing.T, pods []corev1.Pod) {
 			if strings.Join(got, ",") != strings.Join(want, ",") {
 				return fmt.Errorf("%s: IPAM claims %v, running pods %v", layout.NodeName(i), got, want)
 			}
-			if v := podVeths(t, i); v != len(want) {
-				return fmt.Errorf("%s: %d veths for %d pods", layout.NodeName(i), v, len(want))
+			if v := podVeths(t, i); v != onNode {
+				return fmt.Errorf("%s: %d veths for %d pods", layout.NodeName(i), v, onNode)
 			}
 		}
 		return nil
@@ -204,14 +208,16 @@ func TestFlatnetdRestartKeepsConnections(t *testing.T) {
 	if out, err := flatnet("lab", "up", "--nodes", fmt.Sprint(nodes)).CombinedOutput(); err != nil {
 		t.Fatalf("lab up: %v\n%s", err, out)
 	}
-	eventually(t, 30*time.Second, "routes to the other nodes' pod CIDRs", func() error {
+	eventually(t, 30*time.Second, "routes to the other nodes' pod CIDRs, IPv4 and IPv6", func() error {
 		for i := 1; i <= nodes; i++ {
-			out, err := flatnet("lab", "exec", "--node", layout.NodeName(i), "--", "ip", "route", "show", "proto", "74").CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("%v: %s", err, out)
-			}
-			if n := strings.Count(strings.TrimSpace(string(out)), "\n") + 1; n != nodes-1 {
-				return fmt.Errorf("%s has %d flatnet routes, want %d:\n%s", layout.NodeName(i), n, nodes-1, out)
+			for _, fam := range []string{"-4", "-6"} {
+				out, err := flatnet("lab", "exec", "--node", layout.NodeName(i), "--", "ip", fam, "route", "show", "proto", "74").CombinedOutput()
+				if err != nil {
+					return fmt.Errorf("%v: %s", err, out)
+				}
+				if n := strings.Count(strings.TrimSpace(string(out)), "\n") + 1; n != nodes-1 {
+					return fmt.Errorf("%s has %d flatnet routes (ip %s), want %d:\n%s", layout.NodeName(i), n, fam, nodes-1, out)
+				}
 			}
 		}
 		return nil
