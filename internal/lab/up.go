@@ -101,7 +101,7 @@ func Up(ctx context.Context, o Options) error {
 	if err := l.ensurePKI(); err != nil {
 		return fmt.Errorf("PKI: %w", err)
 	}
-	step(o.Out, "underlay: namespaces %s{switch,cp,node-1..%d} on bridge br0 (%s)", l.Prefix(), o.Nodes, Underlay)
+	step(o.Out, "underlay: namespaces %s{switch,cp,node-1..%d} on bridge br0 (%s, %s)", l.Prefix(), o.Nodes, Underlay, Underlay6)
 	if err := l.ensureTopology(); err != nil {
 		return fmt.Errorf("topology: %w", err)
 	}
