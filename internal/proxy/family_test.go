@@ -67,3 +67,44 @@ func TestDualStackOneProxierPerFamily(t *testing.T) {
 		}
 	}
 }
+
+// The IPv6 proxier takes no notice of IPv4-only Services and IPv4 slices (no
+// sync is due, no programming-latency sample is taken), yet a dual-stack
+// Service that becomes IPv4-only leaves its IPv6 table.
+func TestOtherFamilyIgnored(t *testing.T) {
+	fake := knftables.NewFake(knftables.IPv6Family, Table)
+	p := New(Config{Family: IPv6, NodeName: "node-1", ClusterCIDR: netip.MustParsePrefix("fd00:244::/48")}, fake, &recordingConntrack{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	t.Cleanup(p.Close)
+	ctx := context.Background()
+	if err := p.Sync(ctx); err != nil { // the base table
+		t.Fatal(err)
+	}
+	legacy := service("legacy", "10.96.0.11", corev1.ServicePort{Port: 81})
+	p.UpdateService(legacy)
+	p.UpdateSlice(slice("legacy", 8081, corev1.ProtocolTCP, ready("10.244.1.3", "node-1")))
+	p.DeleteService(legacy)
+	if p.Changed() {
+		t.Fatal("the IPv6 proxier counts an IPv4-only Service and slice as a change")
+	}
+	web := service("web", "10.96.0.10", corev1.ServicePort{Port: 80})
+	web.Spec.ClusterIPs = []string{"10.96.0.10", "fd00:96::10"}
+	v6 := slice("web", 8080, corev1.ProtocolTCP, ready("fd00:244:0:1::2", "node-1"))
+	v6.Name, v6.AddressType = "web-v6", discoveryv1.AddressTypeIPv6
+	p.UpdateService(web)
+	p.UpdateSlice(v6)
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := fake.Dump(); !strings.Contains(d, "fd00:96::10 . tcp . 80") {
+		t.Fatalf("dual-stack Service missing from the IPv6 table:\n%s", d)
+	}
+	single := web.DeepCopy()
+	single.Spec.ClusterIPs = []string{"10.96.0.10"}
+	p.UpdateService(single)
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := fake.Dump(); strings.Contains(d, "fd00:96::10") {
+		t.Fatalf("Service now IPv4-only still in the IPv6 table:\n%s", d)
+	}
+}

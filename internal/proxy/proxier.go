@@ -124,6 +124,9 @@ func (p *Proxier) UpdateService(svc *corev1.Service) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	if _, known := p.services[key]; !known && !clusterIPOf(svc, p.cfg.Family).IsValid() {
+		return // of the other family (on a dual-stack node): nothing to program here
+	}
 	p.services[key] = svc
 	p.dirty[key], p.changed = true, true
 }
@@ -133,6 +136,9 @@ func (p *Proxier) DeleteService(svc *corev1.Service) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	if _, known := p.services[key]; !known {
+		return
+	}
 	delete(p.services, key)
 	p.dirty[key], p.changed = true, true
 }
@@ -146,7 +152,7 @@ func serviceOf(s *discoveryv1.EndpointSlice) (types.NamespacedName, bool) {
 // UpdateSlice records the latest version of an EndpointSlice.
 func (p *Proxier) UpdateSlice(s *discoveryv1.EndpointSlice) {
 	key, ok := serviceOf(s)
-	if !ok {
+	if !ok || s.AddressType != p.cfg.Family.addressType() { // the other family's (immutable)
 		return
 	}
 	p.mu.Lock()
@@ -164,7 +170,7 @@ func (p *Proxier) UpdateSlice(s *discoveryv1.EndpointSlice) {
 // DeleteSlice forgets an EndpointSlice.
 func (p *Proxier) DeleteSlice(s *discoveryv1.EndpointSlice) {
 	key, ok := serviceOf(s)
-	if !ok {
+	if !ok || s.AddressType != p.cfg.Family.addressType() {
 		return
 	}
 	p.mu.Lock()
