@@ -9,8 +9,12 @@ if [[ $(id -u) -ne 0 ]]; then
 	exec sudo -E env "PATH=$PATH" "$0" "$@"
 fi
 ./scripts/setup.sh
-if ! command -v iptables-restore >/dev/null 2>&1; then # kube-proxy's iptables mode
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables >/dev/null
+missing=()
+command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables) # kube-proxy's iptables mode
+command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)       # conntrack -S counters in the report
+if ((${#missing[@]})); then
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 ./scripts/build.sh
 ./scripts/build-controlplane.sh

@@ -56,3 +56,10 @@ func (after kernelCounters) delta(before kernelCounters) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// add adds what grew from before to after.
+func (sum kernelCounters) add(after, before kernelCounters) {
+	for k, v := range after {
+		sum[k] += v - before[k]
+	}
+}

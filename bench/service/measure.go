@@ -74,7 +74,8 @@ type rate struct {
 	perSec   float64
 	p50      time.Duration
 	failures int
-	errs     map[string]int // failures by kind
+	errs     map[string]int  // failures by kind
+	lat      []time.Duration // each successful connect
 }
 
 // connRate opens new TCP connections to addr from nsPath with workers
@@ -84,28 +85,42 @@ func connRate(nsPath, addr string, workers int, d time.Duration) rate {
 	var lat []time.Duration
 	failures := 0
 	errs := map[string]int{}
+	conn, err := newConnector(addr, time.Second)
+	if err != nil {
+		return rate{failures: 1, errs: map[string]int{err.Error(): 1}}
+	}
 	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
-		go func() {
+		err := inNamespace(nsPath, func() {
 			defer wg.Done()
+			var mine []time.Duration
+			bad := map[string]int{}
 			for time.Now().Before(deadline) {
 				start := time.Now()
-				err := connectOnce(nsPath, addr, time.Second)
-				mu.Lock()
-				if err != nil {
-					failures++
-					errs[errKind(err)]++
+				if err := conn.once(); err != nil {
+					bad[errKind(err)]++
 				} else {
-					lat = append(lat, time.Since(start))
+					mine = append(mine, time.Since(start))
 				}
-				mu.Unlock()
 			}
-		}()
+			mu.Lock()
+			lat = append(lat, mine...)
+			for k, v := range bad {
+				errs[k] += v
+				failures += v
+			}
+			mu.Unlock()
+		})
+		if err != nil {
+			wg.Done()
+			errs[err.Error()]++
+			failures++
+		}
 	}
 	wg.Wait()
-	r := rate{perSec: float64(len(lat)) / d.Seconds(), failures: failures, errs: errs}
+	r := rate{perSec: float64(len(lat)) / d.Seconds(), failures: failures, errs: errs, lat: lat}
 	if len(lat) > 0 {
 		slices.Sort(lat)
 		r.p50 = lat[len(lat)/2]
@@ -113,23 +128,61 @@ func connRate(nsPath, addr string, workers int, d time.Duration) rate {
 	return r
 }
 
-// connRateExplained runs connRate from clientNS (2 workers, 3 s) and prints
-// the failures by kind and the kernel counters that grew meanwhile on the
-// client's and the server's node.
-func connRateExplained(what, clientNS, serverNS, addr string) rate {
-	c0, s0 := readCounters(clientNS), readCounters(serverNS)
-	r := connRate(clientNS, addr, 2, 3*time.Second)
-	fmt.Printf("    conn/s %s %.0f, failed %d %v\n      client node: %s\n      server node: %s\n",
-		what, r.perSec, r.failures, r.errs, readCounters(clientNS).delta(c0), readCounters(serverNS).delta(s0))
-	return r
+// connRates measures new connections from clientNS through vip and straight
+// to direct in alternating rounds (2 workers, 6 rounds of 1.5 s each way),
+// so that drift in the machine's speed falls on both alike, and prints the
+// failures by kind and the kernel counters that grew on the client's and
+// the server's side during each.
+func connRates(client, clientNS, serverNS, vip, direct string) (viaVIP, toPod rate) {
+	var rounds [2][]rate
+	grew := [2][2]kernelCounters{} // [vip|direct][client|server]: summed over the rounds
+	for i := range grew {
+		grew[i] = [2]kernelCounters{{}, {}}
+	}
+	addrs := [2]string{vip, direct}
+	for range 6 {
+		for i, addr := range addrs {
+			c0, s0 := readCounters(clientNS), readCounters(serverNS)
+			rounds[i] = append(rounds[i], connRate(clientNS, addr, 2, 1500*time.Millisecond))
+			grew[i][0].add(readCounters(clientNS), c0)
+			grew[i][1].add(readCounters(serverNS), s0)
+		}
+	}
+	out := [2]rate{}
+	for i, what := range []string{"via ClusterIP", "to the pod"} {
+		out[i] = mergeRates(rounds[i])
+		fmt.Printf("    conn/s from %s %s %.0f, failed %d %v\n      client side: %s\n      server node: %s\n",
+			client, what, out[i].perSec, out[i].failures, out[i].errs,
+			grew[i][0].delta(kernelCounters{}), grew[i][1].delta(kernelCounters{}))
+	}
+	return out[0], out[1]
+}
+
+// mergeRates adds up rounds of equal length.
+func mergeRates(rs []rate) rate {
+	var m rate
+	m.errs = map[string]int{}
+	for _, r := range rs {
+		m.perSec += r.perSec / float64(len(rs))
+		m.failures += r.failures
+		m.lat = append(m.lat, r.lat...)
+		for k, v := range r.errs {
+			m.errs[k] += v
+		}
+	}
+	if len(m.lat) > 0 {
+		slices.Sort(m.lat)
+		m.p50 = m.lat[len(m.lat)/2]
+	}
+	return m
 }
 
 // errKind names a dial failure by its cause.
 func errKind(err error) string {
 	var ne net.Error
 	switch {
-	case errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
+	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, syscall.EINPROGRESS), errors.Is(err, syscall.EAGAIN):
+		return "timeout" // a blocking connect past SO_SNDTIMEO ends with EINPROGRESS
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "refused"
 	case errors.Is(err, syscall.ECONNRESET):

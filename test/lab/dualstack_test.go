@@ -95,21 +95,7 @@ func TestDualStackPodNetwork(t *testing.T) {
 		}
 	}
 	// Pod -> outside over IPv6: masqueraded to the node's IPv6 address.
-	var ln net.Listener
-	if err := netns.Do(outsideNS(), func() (err error) { ln, err = net.Listen("tcp6", "[::]:9006"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(c, c.RemoteAddr().String())
-			c.Close()
-		}
-	}()
+	outsideTellsClient(t, "tcp6", "[::]:9006")
 	for _, p := range pods {
 		c, err := probe.Dial(podNS(&p), "tcp", net.JoinHostPort(lab.OutsideIP6.String(), "9006"), 3*time.Second)
 		if err != nil {

@@ -84,22 +84,7 @@ func TestNodeToPodAndPodToOutside(t *testing.T) {
 			}
 		}
 	}
-	// The outside host: a TCP server in the switch namespace.
-	var ln net.Listener
-	if err := netns.Do(netns.Path(layout.NS("switch")), func() (err error) { ln, err = net.Listen("tcp", ":9000"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(c, c.RemoteAddr().String())
-			c.Close()
-		}
-	}()
+	outsideTellsClient(t, "tcp4", ":9000")
 	for _, p := range pods {
 		c, err := probe.Dial(podNS(&p), "tcp", "172.30.0.1:9000", 3*time.Second)
 		if err != nil {
@@ -235,4 +220,26 @@ func readPid(component string) (int, error) {
 	var pid int
 	_, err = fmt.Sscan(string(out), &pid)
 	return pid, err
+}
+
+// outsideTellsClient runs a TCP server on the outside host (the switch
+// namespace) that writes each client's address and closes, until the test
+// ends.
+func outsideTellsClient(t *testing.T, network, addr string) {
+	t.Helper()
+	var ln net.Listener
+	if err := netns.Do(outsideNS(), func() (err error) { ln, err = net.Listen(network, addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, c.RemoteAddr().String())
+			c.Close()
+		}
+	}()
 }
