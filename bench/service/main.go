@@ -114,6 +114,10 @@ func measureAll(ctx context.Context, o lab.Options, sizes, only string, samples 
 		return nil, err
 	}
 	clientNS := l.PodNetNS(&clients[0])
+	var direct []string // the pods behind every benchmark Service
+	for _, ip := range ips {
+		direct = append(direct, net.JoinHostPort(ip, "8080"))
+	}
 	nodeNS, serverNS := netns.Path(l.NS("node-1")), netns.Path(l.NS("node-2"))
 	var rows []row
 	for _, s := range strings.Split(sizes, ",") {
@@ -126,6 +130,8 @@ func measureAll(ctx context.Context, o lab.Options, sizes, only string, samples 
 			return rows, err
 		}
 		fmt.Printf("==> %d Services present (created in %s)\n", size, created.Round(time.Second))
+		settled := settle(l)
+		fmt.Printf("==> control plane settled after %s (the first proxy measured must not share the CPUs with it)\n", settled.Round(time.Second))
 		canary, err := c.CoreV1().Services(benchNS).Get(ctx, "svc-0", metav1.GetOptions{})
 		if err != nil {
 			return rows, err
@@ -158,8 +164,8 @@ func measureAll(ctx context.Context, o lab.Options, sizes, only string, samples 
 			}
 			r.latP50, r.latP99 = pct(lat, .5), pct(lat, .99)
 			cpu0, t0 := cpuSeconds(pid), time.Now()
-			r.viaVIP, r.direct = connRates("node-1", nodeNS, serverNS, vip, net.JoinHostPort(ips[0], "8080"))
-			r.podVIP, r.podDirect = connRates("a pod on node-1", clientNS, serverNS, vip, net.JoinHostPort(ips[0], "8080"))
+			r.viaVIP, r.direct = connRates("node-1", nodeNS, serverNS, vip, direct)
+			r.podVIP, r.podDirect = connRates("a pod on node-1", clientNS, serverNS, vip, direct)
 			fmt.Printf("    the proxy used %.1f%% of a core during the connection-rate runs\n",
 				100*(cpuSeconds(pid)-cpu0)/time.Since(t0).Seconds())
 			if err := stop(l, o.BinDir, p); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
@@ -78,16 +79,21 @@ type rate struct {
 	lat      []time.Duration // each successful connect
 }
 
-// connRate opens new TCP connections to addr from nsPath with workers
-// workers for d, each closed with RST, and reports the rate.
-func connRate(nsPath, addr string, workers int, d time.Duration) rate {
+// connRate opens new TCP connections from nsPath with workers workers for
+// d, each to one of addrs picked at random and closed with RST, and reports
+// the rate.
+func connRate(nsPath string, addrs []string, workers int, d time.Duration) rate {
 	var mu sync.Mutex
 	var lat []time.Duration
 	failures := 0
 	errs := map[string]int{}
-	conn, err := newConnector(addr, time.Second)
-	if err != nil {
-		return rate{failures: 1, errs: map[string]int{err.Error(): 1}}
+	var conns []*connector
+	for _, addr := range addrs {
+		c, err := newConnector(addr, time.Second)
+		if err != nil {
+			return rate{failures: 1, errs: map[string]int{err.Error(): 1}}
+		}
+		conns = append(conns, c)
 	}
 	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
@@ -99,7 +105,7 @@ func connRate(nsPath, addr string, workers int, d time.Duration) rate {
 			bad := map[string]int{}
 			for time.Now().Before(deadline) {
 				start := time.Now()
-				if err := conn.once(); err != nil {
+				if err := conns[rand.IntN(len(conns))].once(); err != nil {
 					bad[errKind(err)]++
 				} else {
 					mine = append(mine, time.Since(start))
@@ -129,17 +135,20 @@ func connRate(nsPath, addr string, workers int, d time.Duration) rate {
 }
 
 // connRates measures new connections from clientNS through vip and straight
-// to direct in alternating rounds (2 workers, 6 rounds of 1.5 s each way),
+// to the pods behind it (direct: each connection to one of them at random,
+// as the Service spreads them; a single pod serves a tight loop of
+// connections faster than two do, so one pod is not the limit for a
+// Service of two) in alternating rounds (2 workers, 6 rounds of 1.5 s each way),
 // so that drift in the machine's speed falls on both alike, and prints the
 // failures by kind and the kernel counters that grew on the client's and
 // the server's side during each.
-func connRates(client, clientNS, serverNS, vip, direct string) (viaVIP, toPod rate) {
+func connRates(client, clientNS, serverNS, vip string, direct []string) (viaVIP, toPod rate) {
 	var rounds [2][]rate
 	grew := [2][2]kernelCounters{} // [vip|direct][client|server]: summed over the rounds
 	for i := range grew {
 		grew[i] = [2]kernelCounters{{}, {}}
 	}
-	addrs := [2]string{vip, direct}
+	addrs := [2][]string{{vip}, direct}
 	for range 6 {
 		for i, addr := range addrs {
 			c0, s0 := readCounters(clientNS), readCounters(serverNS)
