@@ -144,10 +144,7 @@ func connRate(nsPath string, addrs []string, workers int, d time.Duration) rate 
 // the server's side during each.
 func connRates(client, clientNS, serverNS, vip string, direct []string) (viaVIP, toPod rate) {
 	var rounds [2][]rate
-	grew := [2][2]kernelCounters{} // [vip|direct][client|server]: summed over the rounds
-	for i := range grew {
-		grew[i] = [2]kernelCounters{{}, {}}
-	}
+	grew := [2][2]kernelCounters{{{}, {}}, {{}, {}}} // [vip|direct][client|server]: summed over the rounds
 	addrs := [2][]string{{vip}, direct}
 	for range 6 {
 		for i, addr := range addrs {

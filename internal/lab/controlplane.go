@@ -1,7 +1,9 @@
 package lab
 
 import (
+	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -59,7 +61,7 @@ func (l Layout) nodeComponents(binDir string, i int, proxy bool) []component {
 		}},
 		{"kubelet-" + n, n, []string{binPath(binDir, "flatnet"), "lab", "kubelet",
 			"--kubeconfig=" + l.Kubeconfig("kubelet-"+n), "--node-name=" + n,
-			"--node-ip=" + l.NodeIP(i).String() + "," + l.NodeIP6(i).String(), "--state-dir=" + dir,
+			"--node-ip=" + joinAddrs(l.NodeIPs(i)), "--state-dir=" + dir,
 			"--cni-conf-dir=" + dir + "/cni/net.d", "--cni-bin-dir=" + binDir,
 			"--netns-prefix=" + l.Prefix() + "p-", "--max-pods=" + strconv.Itoa(110),
 		}},
@@ -81,3 +83,12 @@ func (l Layout) StartProcess(name, role string, argv []string) error {
 
 // StopProcess stops the process of that name (SIGTERM, SIGKILL after grace).
 func (l Layout) StopProcess(name string, grace time.Duration) { l.stop(name, grace) }
+
+// joinAddrs is a comma-separated flag value.
+func joinAddrs(as []netip.Addr) string {
+	parts := make([]string, len(as))
+	for i, a := range as {
+		parts[i] = a.String()
+	}
+	return strings.Join(parts, ",")
+}
