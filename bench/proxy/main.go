@@ -73,29 +73,42 @@ func slice(i, eps, gen int) *discoveryv1.EndpointSlice {
 }
 
 func bench(services, eps, changes int) error {
-	nft, err := knftables.New(knftables.IPv4Family, proxy.Table)
+	nft, err := proxy.NewNFTables(knftables.IPv4Family, proxy.Table)
 	if err != nil {
 		return err
 	}
-	p := proxy.New(proxy.Config{NodeName: "node-1", ClusterCIDR: netip.MustParsePrefix("10.128.0.0/10")}, nft, noConntrack{},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	defer p.Close()
-	for i := range services {
-		p.UpdateService(svc(i))
-		p.UpdateSlice(slice(i, eps, 0))
+	// newProxier is flatnetd starting with every Service known, the first
+	// changes applied, and the table as an earlier run left it.
+	newProxier := func(changed int) *proxy.Proxier {
+		p := proxy.New(proxy.Config{NodeName: "node-1", ClusterCIDR: netip.MustParsePrefix("10.128.0.0/10")}, nft, noConntrack{},
+			slog.New(slog.NewTextHandler(io.Discard, nil)))
+		for i := range services {
+			p.UpdateService(svc(i))
+			gen := 0
+			if i < changed {
+				gen = 7 + i
+			}
+			p.UpdateSlice(slice(i, eps, gen))
+		}
+		return p
 	}
+	p := newProxier(0)
+	defer p.Close()
 	ctx := context.Background()
+	if f := os.Getenv("CPUPROFILE"); f != "" { // the first sync and the changes
+		pf, err := os.Create(f)
+		if err != nil {
+			return err
+		}
+		_ = pprof.StartCPUProfile(pf)
+		defer pprof.StopCPUProfile()
+	}
 	start := time.Now()
 	if err := p.Sync(ctx); err != nil {
 		return err
 	}
 	first := time.Since(start)
 	var lat []time.Duration
-	if f := os.Getenv("CPUPROFILE"); f != "" {
-		pf, _ := os.Create(f)
-		_ = pprof.StartCPUProfile(pf)
-		defer pprof.StopCPUProfile()
-	}
 	for c := range changes {
 		p.UpdateSlice(slice(c, eps, 7+c))
 		start := time.Now()
@@ -105,6 +118,13 @@ func bench(services, eps, changes int) error {
 		lat = append(lat, time.Since(start))
 	}
 	slices.Sort(lat)
+	restarted := newProxier(changes)
+	defer restarted.Close()
+	start = time.Now()
+	if err := restarted.Sync(ctx); err != nil {
+		return err
+	}
+	restart := time.Since(start)
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	fmt.Printf("services=%d endpoints/service=%d\n", services, eps)
@@ -112,6 +132,7 @@ func bench(services, eps, changes int) error {
 	if len(lat) > 0 {
 		fmt.Printf("sync after one EndpointSlice change: p50 %s p99 %s (n=%d)\n", lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)*99/100].Round(time.Millisecond), len(lat))
 	}
+	fmt.Printf("full sync of a restarted proxier over that table: %s\n", restart.Round(time.Millisecond))
 	fmt.Printf("Go heap in use: %d MiB\n", ms.HeapInuse>>20)
 	return nil
 }

@@ -10,7 +10,6 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
-	"sigs.k8s.io/knftables"
 
 	"github.com/flatnet-io/flatnet/internal/proxy"
 )
@@ -30,7 +29,7 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	// its family.
 	for _, cidr := range a.o.ClusterCIDRs {
 		fam := proxy.FamilyOf(cidr.Addr())
-		nft, err := knftables.New(fam.NFTFamily(), proxy.Table)
+		nft, err := proxy.NewNFTables(fam.NFTFamily(), proxy.Table)
 		if err != nil {
 			return fmt.Errorf("service proxy: %w", err)
 		}

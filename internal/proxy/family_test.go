@@ -49,10 +49,10 @@ func TestDualStackOneProxierPerFamily(t *testing.T) {
 		want, not  []string
 	}{
 		{"IPv4", d4,
-			[]string{"add table ip flatnet-proxy", "10.96.0.10 . tcp . 80", "192.0.2.10 . tcp . 80", "dnat to 10.244.1.2:8080", "10.96.0.11 . tcp . 81", "tcp . 30080", "ip saddr != 10.244.0.0/16"},
+			[]string{"add table ip flatnet-proxy", "10.96.0.10 . tcp . 80", "192.0.2.10 . tcp . 80", ": 10.244.1.2 . 8080", "dnat ip to ip daddr . meta l4proto . th dport map @endpoints-0", "10.96.0.11 . tcp . 81", "tcp . 30080", "ip saddr != 10.244.0.0/16"},
 			[]string{"fd00", "2001:db8"}},
 		{"IPv6", d6,
-			[]string{"add table ip6 flatnet-proxy", "fd00:96::10 . tcp . 80", "2001:db8::10 . tcp . 80", "dnat to [fd00:244:0:1::2]:8080", "tcp . 30080", "ip6 saddr != fd00:244::/48", "ip6 daddr != ::1"},
+			[]string{"add table ip6 flatnet-proxy", "fd00:96::10 . tcp . 80", "2001:db8::10 . tcp . 80", ": fd00:244:0:1::2 . 8080", "dnat ip6 to ip6 daddr . meta l4proto . th dport map @endpoints-0", "tcp . 30080", "ip6 saddr != fd00:244::/48", "ip6 daddr != ::1"},
 			[]string{"10.96.0.10", "10.244.1.2", "10.96.0.11", "192.0.2.10", " ip saddr", " ip daddr"}},
 	} {
 		for _, w := range c.want {

@@ -146,6 +146,10 @@ func TestPartialSyncEqualsFullSync(t *testing.T) {
 			p.UpdateSlice(slice("np", 8080, corev1.ProtocolTCP, ready("10.244.1.5", "node-1")))
 		},
 		func() { p.UpdateSlice(slice("web", 8080, corev1.ProtocolTCP, ready("10.244.1.3", "node-1"))) },
+		func() { // a second user of the shared chain lb-1, which exists
+			p.UpdateService(service("api", "10.96.0.12", corev1.ServicePort{Name: "http", Port: 80}))
+			p.UpdateSlice(slice("api", 8080, corev1.ProtocolTCP, ready("10.244.1.4", "node-1")))
+		},
 		func() {
 			s := service("sticky", "10.96.0.11", corev1.ServicePort{Name: "http", Port: 80})
 			s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -14,18 +13,20 @@ const Table = "flatnet-proxy"
 
 // Names of the fixed objects of the table.
 const (
-	servicesChain       = "services"
-	masqChain           = "masquerading"
-	markMasqChain       = "mark-for-masquerade"
-	rejectChecksChain   = "reject-checks"
-	rejectChain         = "reject-chain"
-	serviceIPsMap       = "service-ips"
-	serviceNodePortsMap = "service-nodeports"
-	noEndpointsMap      = "no-endpoint-services"
-	noEndpointNodePorts = "no-endpoint-nodeports"
-	clusterIPsSet       = "cluster-ips"
-	hairpinSet          = "hairpin"
-	masqBit             = "0x4000"
+	servicesChain        = "services"
+	masqChain            = "masquerading"
+	markMasqChain        = "mark-for-masquerade"
+	rejectChecksChain    = "reject-checks"
+	rejectChain          = "reject-chain"
+	serviceIPsMap        = "service-ips"
+	serviceNodePortsMap  = "service-nodeports"
+	noEndpointsMap       = "no-endpoint-services"
+	noEndpointNodePorts  = "no-endpoint-nodeports"
+	clusterIPsSet        = "cluster-ips"
+	hairpinSet           = "hairpin"
+	endpointsMap         = "endpoints"          // endpoints-0, endpoints-1, ...: see balance.go
+	nodePortEndpointsMap = "nodeport-endpoints" // the same for NodePorts
+	masqBit              = "0x4000"
 )
 
 // builder collects one sync's transaction and remembers which chains and
@@ -36,9 +37,17 @@ type builder struct {
 	chains  map[string]bool
 	sets    map[string]bool
 	hairpin map[netip.Addr]bool
-	rules   int
-	elems   int
-	cur     *portObjects // the Service port being built, nil for the base
+	// the shared chains (see balance.go) the table has or this transaction
+	// adds, with their rule counts
+	shared map[string]sharedObject
+	rules  int
+	elems  int
+	cur    *portObjects // the Service port being built, nil for the base
+	// Element additions wait here, per set in the order the sets first
+	// got one, until addElements puts them at the end of the transaction:
+	// nft then gets one command per set (see NewNFTables).
+	pending  map[string][]*knftables.Element
+	setOrder []string
 }
 
 // portObjects is what one Service port put into the table, so that a later
@@ -49,6 +58,7 @@ type portObjects struct {
 	chains   []string
 	elements []mapElement
 	sets     []string // affinity sets
+	shared   []string // shared chains it uses
 	hairpin  []netip.Addr
 	rules    int
 }
@@ -58,8 +68,14 @@ type mapElement struct {
 	key []string
 }
 
-func newBuilder(tx *knftables.Transaction, cfg *Config) *builder {
-	return &builder{tx: tx, cfg: cfg, chains: map[string]bool{}, sets: map[string]bool{}, hairpin: map[netip.Addr]bool{}}
+// newBuilder starts a transaction on a table that has the shared chains in
+// shared (nil for none).
+func newBuilder(tx *knftables.Transaction, cfg *Config, shared map[string]sharedObject) *builder {
+	b := &builder{tx: tx, cfg: cfg, chains: map[string]bool{}, sets: map[string]bool{}, hairpin: map[netip.Addr]bool{}, shared: map[string]sharedObject{}}
+	for name, o := range shared {
+		b.shared[name] = o
+	}
+	return b
 }
 
 func (b *builder) chain(name string) {
@@ -78,11 +94,34 @@ func (b *builder) rule(chain string, parts ...any) {
 }
 
 func (b *builder) element(m string, key []string, verdict string) {
-	b.elems++
 	if b.cur != nil {
 		b.cur.elements = append(b.cur.elements, mapElement{m: m, key: key})
 	}
-	b.tx.Add(&knftables.Element{Map: m, Key: key, Value: []string{verdict}})
+	b.add(m, &knftables.Element{Map: m, Key: key, Value: []string{verdict}})
+}
+
+// add queues an element addition to set (or map) name.
+func (b *builder) add(name string, e *knftables.Element) {
+	b.elems++
+	if b.pending == nil {
+		b.pending = map[string][]*knftables.Element{}
+	}
+	if _, ok := b.pending[name]; !ok {
+		b.setOrder = append(b.setOrder, name)
+	}
+	b.pending[name] = append(b.pending[name], e)
+}
+
+// addElements ends the transaction with the queued element additions, set
+// by set. The chains they point to are added by then, and the deletions
+// of old elements and chains come before them.
+func (b *builder) addElements() {
+	for _, name := range b.setOrder {
+		for _, e := range b.pending[name] {
+			b.tx.Add(e)
+		}
+	}
+	b.pending, b.setOrder = nil, nil
 }
 
 // base declares the objects every ruleset has: hooks, maps, the masquerade
@@ -176,8 +215,7 @@ func (b *builder) buildPort(sp *ServicePort, eps []Endpoint) {
 	cfg := b.cfg
 	proto, port := sp.Protocol(), strconv.Itoa(int(sp.Port))
 	vip := sp.ClusterIP.String()
-	b.tx.Add(&knftables.Element{Set: clusterIPsSet, Key: []string{vip}})
-	b.elems++
+	b.add(clusterIPsSet, &knftables.Element{Set: clusterIPsSet, Key: []string{vip}})
 
 	all := usable(eps, false, cfg.NodeZone, sp.TrafficDistributed)
 	cluster := all
@@ -185,10 +223,14 @@ func (b *builder) buildPort(sp *ServicePort, eps []Endpoint) {
 		cluster = usable(eps, true, "", false)
 	}
 	// Cluster traffic: the ClusterIP.
+	affinity := sp.AffinityTimeout > 0
 	switch {
-	case len(cluster) > 0:
+	case len(cluster) > 0 && affinity:
 		b.lbChain(svcChain(sp), sp, cluster)
 		b.element(serviceIPsMap, []string{vip, proto, port}, "goto "+svcChain(sp))
+	case len(cluster) > 0:
+		key := []string{vip, proto, port}
+		b.element(serviceIPsMap, key, "goto "+b.slots(clusterLB, key, cluster))
 	case len(all) > 0: // internalTrafficPolicy Local without a local endpoint
 		b.element(noEndpointsMap, []string{vip, proto, port}, "drop")
 	default:
@@ -197,7 +239,20 @@ func (b *builder) buildPort(sp *ServicePort, eps []Endpoint) {
 	if !sp.HasExternal() {
 		return
 	}
-	// External traffic: NodePort, externalIPs, load-balancer IPs.
+	// External traffic: NodePort, externalIPs, load-balancer IPs. With
+	// policy Cluster and nothing else to check, it is balanced by shared
+	// chains as the ClusterIP is, masqueraded.
+	if len(all) > 0 && !affinity && !sp.ExternalLocal && !sp.InternalLocal && len(sp.SourceRanges) == 0 {
+		for _, ip := range sp.ExternalIPs {
+			key := []string{ip.String(), proto, port}
+			b.element(serviceIPsMap, key, "goto "+b.slots(masqLB, key, all))
+		}
+		if sp.NodePort != 0 {
+			key := []string{proto, strconv.Itoa(int(sp.NodePort))}
+			b.element(serviceNodePortsMap, key, "goto "+b.slots(nodePortLB, key, all))
+		}
+		return
+	}
 	var target string
 	if len(all) == 0 {
 		target = ""
@@ -243,21 +298,17 @@ func (b *builder) buildPort(sp *ServicePort, eps []Endpoint) {
 func (b *builder) externalChain(sp *ServicePort, all []Endpoint) {
 	ext := extChain(sp)
 	b.chain(ext)
-	if !sp.ExternalLocal {
-		b.rule(ext, "jump", markMasqChain)
-		if sp.InternalLocal { // the ClusterIP chain holds local endpoints only
-			lb := "svx-" + strings.TrimPrefix(svcChain(sp), "svc-")
-			b.lbChain(lb, sp, all)
-			b.rule(ext, "goto", lb)
-		} else {
-			b.rule(ext, "goto", svcChain(sp))
-		}
-		return
-	}
+	// The chain balancing over all endpoints: the ClusterIP's own unless
+	// that one holds the local endpoints only.
 	clusterTarget := svcChain(sp)
 	if sp.InternalLocal {
 		clusterTarget = "svx-" + strings.TrimPrefix(svcChain(sp), "svc-")
-		b.lbChain(clusterTarget, sp, all)
+	}
+	b.lbChain(clusterTarget, sp, all)
+	if !sp.ExternalLocal {
+		b.rule(ext, "jump", markMasqChain)
+		b.rule(ext, "goto", clusterTarget)
+		return
 	}
 	if b.cfg.ClusterCIDR.IsValid() {
 		b.rule(ext, b.cfg.Family.ip(), "saddr", b.cfg.ClusterCIDR.String(), "goto", clusterTarget)
@@ -271,73 +322,4 @@ func (b *builder) externalChain(sp *ServicePort, all []Endpoint) {
 	}
 	b.lbChain(localChain(sp), sp, local)
 	b.rule(ext, "goto", localChain(sp))
-}
-
-// lbChain balances over eps at random, after the session-affinity
-// shortcuts.
-//
-// The choice is a cascade, not a numgen vmap: rule i takes the packet with
-// probability 1/(N-i) ("numgen random mod (N-i) == 0"), which is uniform
-// over the N endpoints and needs no anonymous set. Anonymous sets (one per
-// vmap rule) cost the kernel ~0.8 ms each to create: 10,000 Services took
-// 8.7 s to load with them and 0.67 s without (measured with nft -f).
-func (b *builder) lbChain(name string, sp *ServicePort, eps []Endpoint) {
-	b.chain(name)
-	affinity := sp.AffinityTimeout > 0
-	for _, e := range eps {
-		b.hairpin[e.IP] = true
-		if b.cur != nil {
-			b.cur.hairpin = append(b.cur.hairpin, e.IP)
-		}
-		if affinity {
-			b.endpointChain(sp, e)
-			b.rule(name, b.cfg.Family.ip(), "saddr", "@", affinitySet(sp, e), "goto", epChain(sp, e))
-		}
-	}
-	target := func(e Endpoint) []any {
-		if affinity {
-			return []any{"goto", epChain(sp, e)}
-		}
-		return []any{"meta l4proto", sp.Protocol(), "dnat to", e.String()}
-	}
-	for i, e := range eps {
-		if left := len(eps) - i; left > 1 {
-			b.rule(name, append([]any{"numgen random mod", left, "== 0"}, target(e)...)...)
-		} else {
-			b.rule(name, target(e)...)
-		}
-	}
-}
-
-// endpointChain (only for session affinity) records the client in the
-// endpoint's affinity set and DNATs to it.
-func (b *builder) endpointChain(sp *ServicePort, e Endpoint) {
-	name := epChain(sp, e)
-	if b.chains[name] {
-		return
-	}
-	b.chain(name)
-	set := affinitySet(sp, e)
-	if !b.sets[set] {
-		b.sets[set] = true
-		if b.cur != nil {
-			b.cur.sets = append(b.cur.sets, set)
-		}
-		secs := int(sp.AffinityTimeout.Seconds())
-		b.tx.Add(&knftables.Set{Name: set, Type: b.cfg.Family.addrType(), Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
-			Timeout: knftables.PtrTo(sp.AffinityTimeout), Comment: knftables.PtrTo(fmt.Sprintf("clients of %s (%ds affinity)", e, secs))})
-	}
-	b.rule(name, "update", "@", set, "{", b.cfg.Family.ip(), "saddr }")
-	b.rule(name, "meta l4proto", sp.Protocol(), "dnat to", e.String())
-}
-
-// hairpinElements fills the set of (endpoint . endpoint) pairs: a DNATed
-// packet whose source and destination are the same endpoint is a pod
-// reaching itself through a Service, and is masqueraded so that the reply
-// comes back through this node.
-func (b *builder) hairpinElements() {
-	for ip := range b.hairpin {
-		b.tx.Add(&knftables.Element{Set: hairpinSet, Key: []string{ip.String(), ip.String()}})
-		b.elems++
-	}
 }

@@ -42,8 +42,12 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 	if err != nil && !knftables.IsNotFound(err) {
 		return fmt.Errorf("list sets: %w", err)
 	}
+	existingMaps, err := p.nft.List(ctx, "maps")
+	if err != nil && !knftables.IsNotFound(err) {
+		return fmt.Errorf("list maps: %w", err)
+	}
 	tx := p.nft.NewTransaction()
-	b := newBuilder(tx, &p.cfg)
+	b := newBuilder(tx, &p.cfg, nil)
 	b.base()
 	// Empty every chain that exists and the fixed maps; affinity sets keep
 	// their clients. ("flush table" would do the chains in one line, but the
@@ -53,6 +57,11 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 	}
 	for _, m := range []string{serviceIPsMap, serviceNodePortsMap, noEndpointsMap, noEndpointNodePorts} {
 		tx.Flush(&knftables.Map{Name: m})
+	}
+	for _, m := range existingMaps {
+		if !fixedSets[m] { // endpoint maps (balance.go)
+			tx.Flush(&knftables.Map{Name: m})
+		}
 	}
 	tx.Flush(&knftables.Set{Name: clusterIPsSet})
 	tx.Flush(&knftables.Set{Name: hairpinSet})
@@ -72,6 +81,12 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 			tx.Delete(&knftables.Set{Name: s})
 		}
 	}
+	for _, m := range existingMaps {
+		if !b.sets[m] && !fixedSets[m] {
+			tx.Delete(&knftables.Map{Name: m})
+		}
+	}
+	b.addElements()
 	if err := p.nft.Run(ctx, tx); err != nil {
 		return fmt.Errorf("nftables transaction (%d rules, %d elements): %w", b.rules, b.elems, err)
 	}
@@ -79,6 +94,7 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 	for _, o := range programmed {
 		p.baseRules -= o.rules
 	}
+	p.shared = b.shared
 	p.afterSync(snap, programmed)
 	p.lastFull = time.Now()
 	return nil
@@ -116,7 +132,7 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 		return nil
 	}
 	tx := p.nft.NewTransaction()
-	b := newBuilder(tx, &p.cfg)
+	b := newBuilder(tx, &p.cfg, p.shared)
 	stale := map[ServicePortName]*portObjects{}
 	for _, sp := range changed {
 		if old := p.programmed[sp.Name]; old != nil {
@@ -159,9 +175,12 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 		}
 	}
 	deleteUnused(tx, stale, programmed)
+	deleteUnusedShared(tx, b.shared, programmed)
+	b.addElements()
 	if err := p.nft.Run(ctx, tx); err != nil {
 		return fmt.Errorf("nftables transaction (partial, %d Service ports): %w", len(changed)+len(removed), err)
 	}
+	p.shared = b.shared
 	p.afterSync(snap, programmed)
 	return nil
 }
@@ -191,6 +210,34 @@ func deleteUnused(tx *knftables.Transaction, stale, programmed map[ServicePortNa
 	}
 }
 
+// deleteUnusedShared deletes the shared chains no programmed Service port
+// uses any more (and forgets them in shared), so that a partial sync leaves
+// the table a full sync would write. Their users' map elements are deleted
+// earlier in the same transaction.
+func deleteUnusedShared(tx *knftables.Transaction, shared map[string]sharedObject, programmed map[ServicePortName]*portObjects) {
+	used := map[string]bool{}
+	for _, o := range programmed {
+		for _, c := range o.shared {
+			used[c] = true
+		}
+	}
+	var unused []string
+	for name := range shared {
+		if !used[name] {
+			unused = append(unused, name)
+		}
+	}
+	slices.SortFunc(unused, func(a, b string) int { return shared[a].tier - shared[b].tier })
+	for _, name := range unused {
+		if shared[name].tier == tierMap {
+			tx.Delete(&knftables.Map{Name: name})
+		} else {
+			tx.Delete(&knftables.Chain{Name: name})
+		}
+		delete(shared, name)
+	}
+}
+
 // afterSync clears stale conntrack entries and updates the health-check
 // servers, then remembers what is programmed.
 func (p *Proxier) afterSync(snap snapshot, programmed map[ServicePortName]*portObjects) {
@@ -200,6 +247,12 @@ func (p *Proxier) afterSync(snap snapshot, programmed map[ServicePortName]*portO
 	p.programmed = programmed
 	p.health.update(snap.ports, snap.eps)
 	rules, elems, chains := p.baseRules, 0, 0
+	for _, o := range p.shared {
+		rules += o.rules
+		if o.tier != tierMap {
+			chains++
+		}
+	}
 	for _, o := range programmed {
 		rules, elems, chains = rules+o.rules, elems+len(o.elements), chains+len(o.chains)
 	}

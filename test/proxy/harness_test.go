@@ -23,7 +23,6 @@ import (
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-	"sigs.k8s.io/knftables"
 
 	"github.com/flatnet-io/flatnet/internal/cniruntime"
 	"github.com/flatnet-io/flatnet/internal/cnitest"
@@ -88,6 +87,7 @@ type env struct {
 	proxier  *proxy.Proxier // IPv4
 	proxier6 *proxy.Proxier // IPv6
 	pods     map[string]*pod
+	zone     string
 }
 
 type pod struct {
@@ -104,7 +104,7 @@ func newEnv(t *testing.T, zone string) *env {
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
-	e := &env{t: t, name: fmt.Sprintf("%s%d", prefix, serial.Add(1)), pods: map[string]*pod{}}
+	e := &env{t: t, name: fmt.Sprintf("%s%d", prefix, serial.Add(1)), pods: map[string]*pod{}, zone: zone}
 	e.node = e.mkns("node")
 	e.outside = e.mkns("out")
 	e.link()
@@ -115,30 +115,41 @@ func newEnv(t *testing.T, zone string) *env {
 		t.Fatal(err)
 	}
 	e.rt = rt
-	newProxier := func(fam proxy.Family, cidr string) (p *proxy.Proxier) {
-		err := netns.Do(e.node, func() error {
-			nft, err := knftables.New(fam.NFTFamily(), proxy.Table)
-			if err != nil {
-				return err
-			}
-			cfg := proxy.Config{Family: fam, NodeName: "node-1", NodeZone: zone, ClusterCIDR: netip.MustParsePrefix(cidr)}
-			p = proxy.New(cfg, nft, nsConntrack{e.node, fam}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	e.proxier, e.proxier6 = newProxier(proxy.IPv4, clusterCIDR), newProxier(proxy.IPv6, clusterCIDR6)
+	e.startProxiers()
 	t.Cleanup(func() {
-		e.proxier.Close()
-		e.proxier6.Close()
+		e.stopProxiers()
 		for _, p := range e.pods {
 			_ = e.rt.Del(context.Background(), cniruntime.Pod{ID: p.name, NetNS: p.ns, IfName: "eth0"})
 		}
 	})
 	return e
+}
+
+// startProxiers makes a proxier per family for the node, as flatnetd
+// starts: with whatever its tables already hold.
+func (e *env) startProxiers() {
+	e.t.Helper()
+	newProxier := func(fam proxy.Family, cidr string) (p *proxy.Proxier) {
+		err := netns.Do(e.node, func() error {
+			nft, err := proxy.NewNFTables(fam.NFTFamily(), proxy.Table)
+			if err != nil {
+				return err
+			}
+			cfg := proxy.Config{Family: fam, NodeName: "node-1", NodeZone: e.zone, ClusterCIDR: netip.MustParsePrefix(cidr)}
+			p = proxy.New(cfg, nft, nsConntrack{e.node, fam}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			return nil
+		})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		return p
+	}
+	e.proxier, e.proxier6 = newProxier(proxy.IPv4, clusterCIDR), newProxier(proxy.IPv6, clusterCIDR6)
+}
+
+func (e *env) stopProxiers() {
+	e.proxier.Close()
+	e.proxier6.Close()
 }
 
 func (e *env) mkns(role string) string {
