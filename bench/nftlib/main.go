@@ -44,7 +44,7 @@ func main() { os.Exit(run()) }
 
 func run() int {
 	servicesFlag := flag.String("services", "1000,10000", "comma-separated Service counts")
-	shapeFlag := flag.String("shape", "epchains", "comma-separated ruleset shapes: epchains (svc chain + one chain per endpoint), inline (dnat in the svc chain, what the proxy renders without session affinity)")
+	shapeFlag := flag.String("shape", "epchains", "comma-separated ruleset shapes: epchains (svc chain + one chain per endpoint), inline (dnat in the svc chain, what the proxy rendered without session affinity before Services became map elements)")
 	samples := flag.Int("updates", 50, "one-Service updates timed per library and N")
 	loads := flag.Int("loads", 3, "full loads timed per library and N")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")

@@ -14,8 +14,9 @@ import (
 	"sigs.k8s.io/knftables"
 )
 
-// The ruleset mirrors internal/proxy/rules.go for ClusterIP Services with a
-// cluster CIDR: a nat prerouting base chain dispatching through one verdict
+// The ruleset mirrors what internal/proxy rendered for ClusterIP Services
+// with a cluster CIDR before its shared-chain design (balance.go), when
+// this comparison was made: a nat prerouting base chain dispatching through one verdict
 // map keyed by "address . protocol . port", a chain per Service that marks
 // traffic from outside the cluster CIDR for masquerade and picks an endpoint
 // with lbChain's cascade of "numgen random mod k == 0" rules (no anonymous
@@ -48,7 +49,8 @@ const (
 	// affinity set and its update rule).
 	epChains shape = "epchains"
 	// inline: the cascade DNATs in the Service chain itself; 1 chain per
-	// Service. This is what the proxy renders without session affinity.
+	// Service. This is what the proxy rendered without session affinity
+	// until Services became map elements.
 	inline shape = "inline"
 )
 

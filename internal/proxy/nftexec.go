@@ -102,8 +102,9 @@ func (n *mergingNFTables) Run(ctx context.Context, tx *knftables.Transaction) er
 // mergeElementAdds copies the nft commands of text to w, joining each run
 // of consecutive "add element FAMILY TABLE SET { E }" lines for the same set
 // into one "add element FAMILY TABLE SET { E1, E2, ... }". Other lines, and
-// the order of everything, are kept. (An element of ours carries no comment,
-// so " { " and the closing " }" delimit it.)
+// the order of everything, are kept. An element is what " { " and the
+// closing " }" delimit; one whose text has braces, or more than a comment's
+// two quotes, is left on its own line.
 func mergeElementAdds(w *bytes.Buffer, text string) {
 	var head string // the open run's "add element ... SET", or ""
 	for line := range strings.Lines(text) {
@@ -134,11 +135,11 @@ func mergeElementAdds(w *bytes.Buffer, text string) {
 }
 
 func splitElementAdd(line string) (head, body string, ok bool) {
-	if !strings.HasPrefix(line, "add element ") || !strings.HasSuffix(line, " }") || strings.Contains(line, `"`) {
+	if !strings.HasPrefix(line, "add element ") || !strings.HasSuffix(line, " }") {
 		return "", "", false
 	}
 	head, body, ok = strings.Cut(line[:len(line)-2], " { ")
-	if !ok || strings.ContainsAny(body, "{}") {
+	if !ok || strings.ContainsAny(body, "{}") || strings.Count(body, `"`) > 2 {
 		return "", "", false
 	}
 	return head, body, true

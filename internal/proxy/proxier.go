@@ -29,9 +29,9 @@
 // the same API. NewNFTables adapts it: element additions merged into one
 // command per set, and names listed over netlink. Measured with
 // `go run ./bench/proxy -services 10000` (2 endpoints each) on the 2-core
-// reference VM: the first full sync takes 0.97-1.07 s, a full sync over the
-// table a previous run left 0.86-0.90 s, a sync after one EndpointSlice
-// change p50 27-38 ms, p99 59-73 ms.
+// reference VM: the first full sync takes 1.07-1.13 s, a full sync over the
+// table a previous run left 1.00-1.06 s, a sync after one EndpointSlice
+// change p50 49-50 ms, p99 78-98 ms.
 //
 // knftables against google/nftables, measured with bench/nftlib (the same
 // ruleset, in the shape this proxy renders, through both libraries, checked

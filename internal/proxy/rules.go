@@ -93,11 +93,15 @@ func (b *builder) rule(chain string, parts ...any) {
 	b.tx.Add(&knftables.Rule{Chain: chain, Rule: knftables.Concat(parts...)})
 }
 
+// The element is commented with the Service port's name, so that the
+// table says which Service an address belongs to.
 func (b *builder) element(m string, key []string, verdict string) {
+	e := &knftables.Element{Map: m, Key: key, Value: []string{verdict}}
 	if b.cur != nil {
 		b.cur.elements = append(b.cur.elements, mapElement{m: m, key: key})
+		e.Comment = knftables.PtrTo(b.cur.sp.Name.String())
 	}
-	b.add(m, &knftables.Element{Map: m, Key: key, Value: []string{verdict}})
+	b.add(m, e)
 }
 
 // add queues an element addition to set (or map) name.
