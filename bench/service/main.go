@@ -10,8 +10,9 @@
 // Service -> first connection through its ClusterIP from node-1, p50/p99);
 // the rate of new TCP connections through a ClusterIP and straight to the
 // pod, from node-1 itself (DNAT and masquerade, as upstream) and from a pod
-// on node-1 (DNAT only): 2 workers, RST close, 6 alternating rounds of
-// 1.5 s each way (see connRates and connector); and the proxy's CPU use
+// on node-1 (DNAT only): 2 workers, RST close, 24 pairs of 0.5 s rounds,
+// one each way, the median round and the median ratio of the pairs
+// reported (see connRates and connector); and the proxy's CPU use
 // meanwhile.
 //
 // Run as root: go run ./bench/service [-services 1000,10000] [-proxies ...].
@@ -40,16 +41,17 @@ import (
 )
 
 type row struct {
-	size                int
-	proxy               string
-	startToWorking      time.Duration
-	fullSync            float64 // seconds, from the proxy's metric; 0 unknown
-	rssMiB              float64
-	latP50, latP99      time.Duration
-	viaVIP, direct      rate // client: node-1 itself (DNAT and masquerade, as upstream)
-	podVIP, podDirect   rate // client: a pod on node-1 (DNAT only)
-	createdIn           time.Duration
-	programmingFailures error
+	size                  int
+	proxy                 string
+	startToWorking        time.Duration
+	fullSync              float64 // seconds, from the proxy's metric; 0 unknown
+	rssMiB                float64
+	latP50, latP99        time.Duration
+	viaVIP, direct        rate    // client: node-1 itself (DNAT and masquerade, as upstream)
+	podVIP, podDirect     rate    // client: a pod on node-1 (DNAT only)
+	vsDirect, podVsDirect float64 // via ClusterIP / straight to the pods, median of paired rounds
+	createdIn             time.Duration
+	programmingFailures   error
 }
 
 func main() {
@@ -164,8 +166,8 @@ func measureAll(ctx context.Context, o lab.Options, sizes, only string, samples 
 			}
 			r.latP50, r.latP99 = pct(lat, .5), pct(lat, .99)
 			cpu0, t0 := cpuSeconds(pid), time.Now()
-			r.viaVIP, r.direct = connRates("node-1", nodeNS, serverNS, vip, direct)
-			r.podVIP, r.podDirect = connRates("a pod on node-1", clientNS, serverNS, vip, direct)
+			r.viaVIP, r.direct, r.vsDirect = connRates("node-1", nodeNS, serverNS, vip, direct)
+			r.podVIP, r.podDirect, r.podVsDirect = connRates("a pod on node-1", clientNS, serverNS, vip, direct)
 			fmt.Printf("    the proxy used %.1f%% of a core during the connection-rate runs\n",
 				100*(cpuSeconds(pid)-cpu0)/time.Since(t0).Seconds())
 			if err := stop(l, o.BinDir, p); err != nil {
@@ -249,8 +251,8 @@ func report(rows []row) {
 			}
 			return a / b
 		}
-		fmt.Printf("%d Services, %s: via ClusterIP / to pod = %.2f from node-1, %.2f from a pod; via ClusterIP vs %d Services = %.2f from node-1, %.2f from a pod\n",
-			r.size, r.proxy, ratio(r.viaVIP.perSec, r.direct.perSec), ratio(r.podVIP.perSec, r.podDirect.perSec),
+		fmt.Printf("%d Services, %s: via ClusterIP / to pod (paired rounds) = %.2f from node-1, %.2f from a pod; via ClusterIP vs %d Services = %.2f from node-1, %.2f from a pod\n",
+			r.size, r.proxy, r.vsDirect, r.podVsDirect,
 			first[r.proxy].size, ratio(r.viaVIP.perSec, first[r.proxy].viaVIP.perSec), ratio(r.podVIP.perSec, first[r.proxy].podVIP.perSec))
 	}
 }

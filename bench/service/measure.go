@@ -138,38 +138,77 @@ func connRate(nsPath string, addrs []string, workers int, d time.Duration) rate 
 // to the pods behind it (direct: each connection to one of them at random,
 // as the Service spreads them; a single pod serves a tight loop of
 // connections faster than two do, so one pod is not the limit for a
-// Service of two) in alternating rounds (2 workers, 6 rounds of 1.5 s each way),
-// so that drift in the machine's speed falls on both alike, and prints the
-// failures by kind and the kernel counters that grew on the client's and
-// the server's side during each.
-func connRates(client, clientNS, serverNS, vip string, direct []string) (viaVIP, toPod rate) {
+// Service of two), 2 workers, in 24 pairs of rounds of 0.5 s, one round
+// each way, the order alternating from pair to pair. It reports each way's
+// median round and the median over the pairs of their ratio: this VM's
+// speed drifts by a third from one second to the next, which the ratio of
+// two rounds half a second apart mostly cancels. It prints the failures by
+// kind and the kernel counters that grew on the client's and the server's
+// side.
+func connRates(client, clientNS, serverNS, vip string, direct []string) (viaVIP, toPod rate, ratio float64) {
+	const pairs = 24
 	var rounds [2][]rate
 	grew := [2][2]kernelCounters{{{}, {}}, {{}, {}}} // [vip|direct][client|server]: summed over the rounds
 	addrs := [2][]string{{vip}, direct}
-	for range 6 {
-		for i, addr := range addrs {
+	var ratios []float64
+	for p := range pairs {
+		for k := range 2 {
+			i := (p + k) % 2
 			c0, s0 := readCounters(clientNS), readCounters(serverNS)
-			rounds[i] = append(rounds[i], connRate(clientNS, addr, 2, 1500*time.Millisecond))
+			rounds[i] = append(rounds[i], connRate(clientNS, addrs[i], 2, 500*time.Millisecond))
 			grew[i][0].add(readCounters(clientNS), c0)
 			grew[i][1].add(readCounters(serverNS), s0)
+		}
+		if d := rounds[1][p].perSec; d > 0 {
+			ratios = append(ratios, rounds[0][p].perSec/d)
 		}
 	}
 	out := [2]rate{}
 	for i, what := range []string{"via ClusterIP", "to the pod"} {
 		out[i] = mergeRates(rounds[i])
-		fmt.Printf("    conn/s from %s %s %.0f, failed %d %v\n      client side: %s\n      server node: %s\n",
-			client, what, out[i].perSec, out[i].failures, out[i].errs,
+		fmt.Printf("    conn/s from %s %s %.0f (median round; quartiles %s), failed %d %v\n      client side: %s\n      server node: %s\n",
+			client, what, out[i].perSec, quartiles(perSec(rounds[i])), out[i].failures, out[i].errs,
 			grew[i][0].delta(kernelCounters{}), grew[i][1].delta(kernelCounters{}))
 	}
-	return out[0], out[1]
+	ratio = median(ratios)
+	fmt.Printf("    via ClusterIP / to the pod, median of %d pairs: %.3f (quartiles %s)\n", len(ratios), ratio, quartiles(ratios))
+	return out[0], out[1], ratio
 }
 
-// mergeRates adds up rounds of equal length.
+func perSec(rs []rate) []float64 {
+	out := make([]float64, len(rs))
+	for i, r := range rs {
+		out[i] = r.perSec
+	}
+	return out
+}
+
+func median(xs []float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	if n := len(s); n > 0 {
+		return (s[(n-1)/2] + s[n/2]) / 2
+	}
+	return 0
+}
+
+func quartiles(xs []float64) string {
+	s := slices.Sorted(slices.Values(xs))
+	if len(s) == 0 {
+		return "-"
+	}
+	f := "%.0f"
+	if s[len(s)-1] < 10 {
+		f = "%.3f"
+	}
+	return fmt.Sprintf(f+" "+f, s[len(s)/4], s[len(s)*3/4])
+}
+
+// mergeRates merges rounds of equal length: the median round's rate (a
+// round that shared the CPUs with something else does not move it), the
+// failures and latencies of all.
 func mergeRates(rs []rate) rate {
-	var m rate
-	m.errs = map[string]int{}
+	m := rate{perSec: median(perSec(rs)), errs: map[string]int{}}
 	for _, r := range rs {
-		m.perSec += r.perSec / float64(len(rs))
 		m.failures += r.failures
 		m.lat = append(m.lat, r.lat...)
 		for k, v := range r.errs {
