@@ -21,7 +21,6 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/knftables"
 
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/proxy"
@@ -73,7 +72,7 @@ func slice(i, eps, gen int) *discoveryv1.EndpointSlice {
 }
 
 func bench(services, eps, changes int) error {
-	nft, err := proxy.NewNFTables(knftables.IPv4Family, proxy.Table)
+	nft, err := proxy.NewNFTables(proxy.IPv4)
 	if err != nil {
 		return err
 	}

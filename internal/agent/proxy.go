@@ -29,7 +29,7 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	// its family.
 	for _, cidr := range a.o.ClusterCIDRs {
 		fam := proxy.FamilyOf(cidr.Addr())
-		nft, err := proxy.NewNFTables(fam.NFTFamily(), proxy.Table)
+		nft, err := proxy.NewNFTables(fam)
 		if err != nil {
 			return fmt.Errorf("service proxy: %w", err)
 		}

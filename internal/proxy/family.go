@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/netip"
 
+	gnftables "github.com/google/nftables"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"sigs.k8s.io/knftables"
 )
@@ -23,6 +24,7 @@ const (
 type familyWords struct {
 	name        string
 	nft         knftables.Family
+	netlink     gnftables.TableFamily
 	ip          string // payload keyword: "ip saddr" or "ip6 saddr"
 	addrType    string // set and map key type
 	loopback    string // the range NodePorts are never served on
@@ -30,8 +32,8 @@ type familyWords struct {
 }
 
 var families = [...]familyWords{
-	IPv4: {"IPv4", knftables.IPv4Family, "ip", "ipv4_addr", "127.0.0.0/8", discoveryv1.AddressTypeIPv4},
-	IPv6: {"IPv6", knftables.IPv6Family, "ip6", "ipv6_addr", "::1", discoveryv1.AddressTypeIPv6},
+	IPv4: {"IPv4", knftables.IPv4Family, gnftables.TableFamilyIPv4, "ip", "ipv4_addr", "127.0.0.0/8", discoveryv1.AddressTypeIPv4},
+	IPv6: {"IPv6", knftables.IPv6Family, gnftables.TableFamilyIPv6, "ip6", "ipv6_addr", "::1", discoveryv1.AddressTypeIPv6},
 }
 
 func (f Family) String() string { return families[f].name }

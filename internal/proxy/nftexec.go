@@ -13,7 +13,8 @@ import (
 	"sigs.k8s.io/knftables"
 )
 
-// NewNFTables returns the nftables interface the proxy is meant to run on:
+// NewNFTables returns the nftables interface the proxy of family fam is
+// meant to run on, over its table:
 // knftables' own (listing, checking), except that Run hands nft one
 // command per set for a run of element additions, where knftables renders
 // one command per element.
@@ -27,8 +28,8 @@ import (
 // loads each, one after the other). With the shared chains of balance.go,
 // 60,000 elements one command each cost about what the 70,000 commands did
 // (0.90-0.98 s + 0.48-0.58 s); merged, 0.36-0.50 s + 0.26-0.27 s.
-func NewNFTables(family knftables.Family, table string) (knftables.Interface, error) {
-	nft, err := knftables.New(family, table, knftables.UseNetlink)
+func NewNFTables(fam Family) (knftables.Interface, error) {
+	nft, err := knftables.New(fam.NFTFamily(), Table, knftables.UseNetlink)
 	if err != nil {
 		return nil, err
 	}
@@ -40,11 +41,7 @@ func NewNFTables(family knftables.Family, table string) (knftables.Interface, er
 	if err != nil {
 		return nil, err
 	}
-	gfamily := gnftables.TableFamilyIPv4
-	if family == knftables.IPv6Family {
-		gfamily = gnftables.TableFamilyIPv6
-	}
-	return &mergingNFTables{Interface: nft, path: path, conn: conn, gfamily: gfamily, table: table}, nil
+	return &mergingNFTables{Interface: nft, path: path, conn: conn, gfamily: families[fam].netlink, table: Table}, nil
 }
 
 type mergingNFTables struct {
@@ -59,9 +56,9 @@ type mergingNFTables struct {
 
 // List lists the names of the table's objects of a type over netlink (as
 // knftables does with UseNetlink), but the anonymous sets of rules, and an
-// empty list when the table does not exist. Without netlink knftables runs `nft list table`, which reads
-// every element of every set from the kernel to print the names: 0.4 s a
-// call with 10,000 Services.
+// empty list when the table does not exist. Without netlink knftables runs
+// `nft list table`, which reads every element of every set from the kernel
+// to print the names: 0.4 s a call with 10,000 Services.
 func (n *mergingNFTables) List(ctx context.Context, objectType string) ([]string, error) {
 	tables, err := n.conn.ListTablesOfFamily(n.gfamily)
 	if err != nil {

@@ -37,8 +37,8 @@ type builder struct {
 	chains  map[string]bool
 	sets    map[string]bool
 	hairpin map[netip.Addr]bool
-	// the shared chains (see balance.go) the table has or this transaction
-	// adds, with their rule counts
+	// the shared chains and maps (see balance.go) the table has or this
+	// transaction adds
 	shared map[string]sharedObject
 	rules  int
 	elems  int
@@ -58,7 +58,7 @@ type portObjects struct {
 	chains   []string
 	elements []mapElement
 	sets     []string // affinity sets
-	shared   []string // shared chains it uses
+	shared   []string // shared chains and maps it uses
 	hairpin  []netip.Addr
 	rules    int
 }
@@ -68,7 +68,7 @@ type mapElement struct {
 	key []string
 }
 
-// newBuilder starts a transaction on a table that has the shared chains in
+// newBuilder starts a transaction on a table that has the shared objects in
 // shared (nil for none).
 func newBuilder(tx *knftables.Transaction, cfg *Config, shared map[string]sharedObject) *builder {
 	b := &builder{tx: tx, cfg: cfg, chains: map[string]bool{}, sets: map[string]bool{}, hairpin: map[netip.Addr]bool{}, shared: map[string]sharedObject{}}
@@ -245,30 +245,21 @@ func (b *builder) buildPort(sp *ServicePort, eps []Endpoint) {
 	}
 	// External traffic: NodePort, externalIPs, load-balancer IPs. With
 	// policy Cluster and nothing else to check, it is balanced by shared
-	// chains as the ClusterIP is, masqueraded.
-	if len(all) > 0 && !affinity && !sp.ExternalLocal && !sp.InternalLocal && len(sp.SourceRanges) == 0 {
-		for _, ip := range sp.ExternalIPs {
-			key := []string{ip.String(), proto, port}
-			b.element(serviceIPsMap, key, "goto "+b.slots(masqLB, key, all))
-		}
-		if sp.NodePort != 0 {
-			key := []string{proto, strconv.Itoa(int(sp.NodePort))}
-			b.element(serviceNodePortsMap, key, "goto "+b.slots(nodePortLB, key, all))
-		}
-		return
-	}
+	// chains as the ClusterIP is, masqueraded; otherwise by a chain of the
+	// Service port's own.
+	shared := !affinity && !sp.ExternalLocal && !sp.InternalLocal && len(sp.SourceRanges) == 0
 	var target string
-	if len(all) == 0 {
-		target = ""
-	} else {
+	if len(all) > 0 && !shared {
 		target = extChain(sp)
 		b.externalChain(sp, all)
 	}
 	external := func(ip string) {
 		key := []string{ip, proto, port}
 		switch {
-		case target == "":
+		case len(all) == 0:
 			b.element(noEndpointsMap, key, "goto "+rejectChain)
+		case shared:
+			b.element(serviceIPsMap, key, "goto "+b.slots(masqLB, key, all))
 		case len(sp.SourceRanges) > 0:
 			fw := "fw-" + strings.TrimPrefix(extChain(sp), "ext-")
 			b.chain(fw)
@@ -286,9 +277,12 @@ func (b *builder) buildPort(sp *ServicePort, eps []Endpoint) {
 	}
 	if sp.NodePort != 0 {
 		key := []string{proto, strconv.Itoa(int(sp.NodePort))}
-		if target == "" {
+		switch {
+		case len(all) == 0:
 			b.element(noEndpointNodePorts, key, "goto "+rejectChain)
-		} else {
+		case shared:
+			b.element(serviceNodePortsMap, key, "goto "+b.slots(nodePortLB, key, all))
+		default:
 			b.element(serviceNodePortsMap, key, "goto "+target)
 		}
 	}

@@ -131,7 +131,7 @@ func (e *env) startProxiers() {
 	e.t.Helper()
 	newProxier := func(fam proxy.Family, cidr string) (p *proxy.Proxier) {
 		err := netns.Do(e.node, func() error {
-			nft, err := proxy.NewNFTables(fam.NFTFamily(), proxy.Table)
+			nft, err := proxy.NewNFTables(fam)
 			if err != nil {
 				return err
 			}
