@@ -14,13 +14,23 @@
 //     (net.bridge.bridge-nf-call-iptables=1 in the node's namespace) so that
 //     replies from a backend on the same bridge are de-NATed.
 //
-// Design notes: informer events only poke a runner; each sync computes the
-// whole desired state from the informer cache and applies it, level
-// triggered, and a periodic resync repairs anything changed behind the
-// agent's back. On exit nothing is flushed: routes, rules and the conflist
-// stay as they are until a new agent replaces them, so a restart does not
-// disturb established connections. With --pod-cidr the agent runs without an
-// API server and only installs the conflist.
+// Design notes: informer events only poke a runner (package runner: bounded
+// frequency, backoff on failure); each sync computes the whole desired state
+// from the informer cache and applies it, level triggered, and a periodic
+// resync repairs anything changed behind the agent's back. Node updates that
+// change nothing the agent uses (status heartbeats, conditions, images) do
+// not cause a sync. Each service proxy (one per family) runs its own runner;
+// the agent only wires informers to them. On exit nothing is flushed:
+// routes, rules and the conflist stay as they are until a new agent replaces
+// them, so a restart does not disturb established connections. With
+// --pod-cidr the agent runs without an API server and only installs the
+// conflist.
+//
+// Health (health.go): /healthz fails only when a sync loop stops making
+// progress; a node-sync error (a route the kernel refuses, a read-only
+// sysctl) is a metric, a log line and a Warning Event on the Node, not a
+// reason to be restarted. /readyz: the conflist is installed and every
+// proxy has synced once.
 package agent
 
 import (
@@ -28,14 +38,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -51,6 +59,7 @@ import (
 	"github.com/flatnet-io/flatnet/internal/podnet"
 	"github.com/flatnet-io/flatnet/internal/proxy"
 	"github.com/flatnet-io/flatnet/internal/routes"
+	"github.com/flatnet-io/flatnet/internal/runner"
 )
 
 // Agent is one node's flatnetd.
@@ -62,19 +71,20 @@ type Agent struct {
 	masqs   []*egress.Masquerader // one per cluster CIDR, in the same order
 	metrics *metrics
 
-	registry  *prometheus.Registry
-	proxiers  []*proxy.Proxier // one per cluster CIDR family; none without --proxy
-	proxyPoke chan struct{}
+	registry *prometheus.Registry
+	proxiers []*proxy.Proxier // one per cluster CIDR family; none without --proxy
+	runner   *runner.Runner   // of the node sync
+	events   *eventSink
 
 	installed atomic.Bool // the conflist is in place
 	lastErr   atomic.Pointer[error]
-	trigger   chan struct{}
 }
 
 // Run runs the agent until ctx ends.
 func Run(ctx context.Context, o *Options, log *slog.Logger) error {
-	a := &Agent{o: o, log: log, metrics: newMetrics(), trigger: make(chan struct{}, 1), registry: prometheus.NewRegistry(),
-		proxyPoke: make(chan struct{}, 1)}
+	a := &Agent{o: o, log: log, metrics: newMetrics(), registry: prometheus.NewRegistry()}
+	a.runner = runner.New(a.sync, runner.Options{MinInterval: minSyncInterval, MaxInterval: o.Resync,
+		MinBackoff: time.Second, MaxBackoff: 30 * time.Second})
 	stop, err := a.serve()
 	if err != nil {
 		return err
@@ -102,6 +112,8 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	a.events = newEventSink(ctx, client, o.NodeName)
+	defer a.events.shutdown()
 	factory := informers.NewSharedInformerFactory(client, 0)
 	inf := factory.Core().V1().Nodes()
 	_ = inf.Informer().SetTransform(func(obj any) (any, error) {
@@ -110,9 +122,14 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 		}
 		return obj, nil
 	})
-	poke := func(any) { a.poke() }
+	poke := func(any) { a.runner.Poke() }
 	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: poke, UpdateFunc: func(_, n any) { poke(n) }, DeleteFunc: poke,
+		AddFunc: poke, DeleteFunc: poke,
+		UpdateFunc: func(old, cur any) {
+			if nodeChanged(old.(*corev1.Node), cur.(*corev1.Node)) {
+				a.runner.Poke()
+			}
+		},
 	}); err != nil {
 		return err
 	}
@@ -132,7 +149,7 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 		}
 		log.Info("service proxy running", "table", proxy.Table, "families", len(a.proxiers))
 	}
-	a.loop(ctx)
+	a.runner.Run(ctx)
 	return nil
 }
 
@@ -151,42 +168,33 @@ func newClient(kubeconfig string) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
-func (a *Agent) poke() {
-	select {
-	case a.trigger <- struct{}{}:
-	default:
-	}
-}
-
-// minSyncInterval bounds how often events can cause a sync.
+// minSyncInterval bounds how often node events can cause a sync.
 const minSyncInterval = 100 * time.Millisecond
 
-func (a *Agent) loop(ctx context.Context) {
-	t := time.NewTicker(a.o.Resync)
-	defer t.Stop()
-	for {
-		a.sync(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-a.trigger:
-		case <-t.C:
-		}
-		time.Sleep(minSyncInterval) // coalesce bursts of node events
-	}
+// nodeChanged reports whether an update changes what the agent programs
+// from a Node: its pod CIDRs, its addresses, its zone.
+func nodeChanged(old, cur *corev1.Node) bool {
+	return !slices.Equal(podCIDRs(old), podCIDRs(cur)) || !slices.Equal(internalIPs(old), internalIPs(cur)) ||
+		old.Labels[corev1.LabelTopologyZone] != cur.Labels[corev1.LabelTopologyZone]
 }
 
-// sync computes the desired state from the node cache and applies it.
-func (a *Agent) sync(ctx context.Context) {
+// sync computes the desired state from the node cache and applies it. Its
+// errors are reported (metric, log, Event on the Node) and retried, but the
+// runner is told of success: a node-sync error is no sign of a stuck loop
+// and must not fail liveness.
+func (a *Agent) sync(ctx context.Context) error {
 	start := time.Now()
 	err := a.syncOnce(ctx)
 	a.metrics.observe(time.Since(start), err)
 	if err != nil {
 		a.log.Warn("sync failed", "err", err)
 		a.lastErr.Store(&err)
-		return
+		a.events.nodeSyncFailed(err)
+		return err
 	}
 	a.lastErr.Store(nil)
+	a.events.nodeSyncOK()
+	return nil
 }
 
 func (a *Agent) syncOnce(ctx context.Context) error {
@@ -221,7 +229,6 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 	}
 	if zoneChanged {
 		a.log.Info("node zone changed; resyncing Services", "zone", self.Labels[corev1.LabelTopologyZone])
-		a.pokeProxy()
 	}
 	if self == nil || len(podCIDRs(self)) == 0 {
 		a.log.Info("waiting for this node's pod CIDR", "node", a.o.NodeName)
@@ -294,55 +301,4 @@ func podCIDRs(n *corev1.Node) []netip.Prefix {
 		}
 	}
 	return out
-}
-
-// serve starts /healthz, /readyz and /metrics.
-func (a *Agent) serve() (func(), error) {
-	var stops []func()
-	start := func(addr string, h http.Handler) error {
-		if addr == "" {
-			return nil
-		}
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("listen %s: %w", addr, err)
-		}
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = srv.Serve(ln) }()
-		stops = append(stops, func() { _ = srv.Close() })
-		a.log.Info("serving", "addr", ln.Addr().String())
-		return nil
-	}
-	stopAll := func() {
-		for _, s := range stops {
-			s()
-		}
-	}
-	if err := start(a.o.HealthAddr, a.healthHandler()); err != nil {
-		return stopAll, err
-	}
-	a.metrics.register(a.registry)
-	if err := start(a.o.MetricsAddr, promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{})); err != nil {
-		return stopAll, err
-	}
-	return stopAll, nil
-}
-
-func (a *Agent) healthHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if p := a.lastErr.Load(); p != nil {
-			http.Error(w, "last sync failed: "+(*p).Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !a.installed.Load() {
-			http.Error(w, "CNI configuration not installed yet (no pod CIDR)", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	return mux
 }

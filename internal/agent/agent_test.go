@@ -13,6 +13,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/proxy"
 )
 
 func TestRunInstallsConflistAndTurnsHealthy(t *testing.T) {
@@ -54,8 +60,22 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// failingNFT is an nftables whose transactions the kernel refuses.
+type failingNFT struct{ knftables.Interface }
+
+func (failingNFT) Run(context.Context, *knftables.Transaction) error { return errors.New("refused") }
+
+type noConntrack struct{}
+
+func (noConntrack) Delete([]proxy.Flow) error { return nil }
+
+// Liveness follows the sync loops' progress, not their errors: a node
+// sync that fails keeps the agent live (a restart would not fix a refused
+// route); a Service change that waits too long for a successful proxy sync
+// does not. Readiness: conflist installed and every proxy synced once.
 func TestHealthAndReadiness(t *testing.T) {
 	a := &Agent{o: Defaults(), metrics: newMetrics()}
+	a.o.HealthTimeout = 50 * time.Millisecond
 	h := a.healthHandler()
 	get := func(path string) int {
 		rec := httptest.NewRecorder()
@@ -66,9 +86,63 @@ func TestHealthAndReadiness(t *testing.T) {
 		t.Fatalf("before install: healthz %d readyz %d", get("/healthz"), get("/readyz"))
 	}
 	a.installed.Store(true)
-	failed := errors.New("boom")
+	failed := errors.New("route 10.244.2.0/24 via 172.30.0.13: network is unreachable")
 	a.lastErr.Store(&failed)
-	if get("/healthz") != http.StatusServiceUnavailable || get("/readyz") != http.StatusOK {
-		t.Fatalf("after a failed sync: healthz %d readyz %d", get("/healthz"), get("/readyz"))
+	if get("/healthz") != http.StatusOK || get("/readyz") != http.StatusOK {
+		t.Fatalf("after a failed node sync: healthz %d readyz %d, want 200 200", get("/healthz"), get("/readyz"))
+	}
+
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", Ports: []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}}}
+	stuck := proxy.New(proxy.Config{NodeName: "n"}, failingNFT{knftables.NewFake(knftables.IPv4Family, proxy.Table)}, noConntrack{}, log)
+	a.proxiers = []*proxy.Proxier{stuck}
+	if get("/readyz") != http.StatusServiceUnavailable {
+		t.Fatal("ready before the proxy synced once")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go stuck.Run(ctx)
+	stuck.UpdateService(svc)
+	time.Sleep(100 * time.Millisecond)
+	if get("/healthz") != http.StatusServiceUnavailable {
+		t.Fatal("live while every proxy sync has failed for twice the health timeout")
+	}
+
+	ok := proxy.New(proxy.Config{NodeName: "n"}, knftables.NewFake(knftables.IPv4Family, proxy.Table), noConntrack{}, log)
+	a.proxiers = []*proxy.Proxier{ok}
+	go ok.Run(ctx)
+	ok.UpdateService(svc)
+	deadline := time.Now().Add(5 * time.Second)
+	for get("/healthz") != http.StatusOK || get("/readyz") != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatalf("a syncing proxy: healthz %d readyz %d", get("/healthz"), get("/readyz"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Node updates that change nothing flatnetd programs (heartbeats,
+// conditions) do not start a sync.
+func TestNodeChanged(t *testing.T) {
+	base := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: map[string]string{corev1.LabelTopologyZone: "a"}},
+		Spec:   corev1.NodeSpec{PodCIDRs: []string{"10.244.1.0/24"}},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "172.30.0.11"}}}}
+	heartbeat := base.DeepCopy()
+	heartbeat.ResourceVersion = "2"
+	heartbeat.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}}
+	if nodeChanged(base, heartbeat) {
+		t.Error("a heartbeat counts as a change")
+	}
+	for name, mod := range map[string]func(*corev1.Node){
+		"pod CIDR": func(n *corev1.Node) { n.Spec.PodCIDRs = []string{"10.244.9.0/24"} },
+		"address":  func(n *corev1.Node) { n.Status.Addresses[0].Address = "172.30.0.99" },
+		"zone":     func(n *corev1.Node) { n.Labels[corev1.LabelTopologyZone] = "b" },
+	} {
+		n := base.DeepCopy()
+		mod(n)
+		if !nodeChanged(base, n) {
+			t.Errorf("a new %s is not a change", name)
+		}
 	}
 }

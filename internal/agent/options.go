@@ -22,6 +22,7 @@ type Options struct {
 	HealthAddr    string
 	MetricsAddr   string
 	Resync        time.Duration
+	HealthTimeout time.Duration // /healthz fails when a sync loop makes no progress for this long
 	Proxy         bool // run the service proxy
 	MasqueradeAll bool
 	Conf          cniconf.Options
@@ -30,7 +31,7 @@ type Options struct {
 // Defaults returns the options a node uses unless told otherwise.
 func Defaults() *Options {
 	return &Options{CNIConfDir: "/etc/cni/net.d", CNIConfName: "10-flatnet.conflist",
-		HealthAddr: "127.0.0.1:9465", MetricsAddr: ":9466", Resync: 30 * time.Second, Proxy: true}
+		HealthAddr: "127.0.0.1:9465", MetricsAddr: "127.0.0.1:9466", Resync: 30 * time.Second, HealthTimeout: 2 * time.Minute, Proxy: true}
 }
 
 type prefixList struct{ out *[]netip.Prefix }
@@ -67,8 +68,9 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.CNIConfName, "cni-conf-name", o.CNIConfName, "file name of the conflist to install")
 	fs.StringVar(&o.Conf.DataDir, "ipam-data-dir", "", "IPAM store directory written into the conflist (default: the plugin's)")
 	fs.StringVar(&o.HealthAddr, "health-addr", o.HealthAddr, "address of /healthz (empty: off)")
-	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "address of /metrics (empty: off)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "address of /metrics, unauthenticated: keep it on loopback or behind a proxy that authenticates (empty: off)")
 	fs.DurationVar(&o.Resync, "resync", o.Resync, "period of the full resync of routes and rules")
+	fs.DurationVar(&o.HealthTimeout, "health-timeout", o.HealthTimeout, "/healthz fails when a Service change waits this long for a successful sync, or a sync loop stops")
 	fs.BoolVar(&o.Proxy, "proxy", o.Proxy, "run the service proxy (replaces kube-proxy)")
 	fs.BoolVar(&o.MasqueradeAll, "masquerade-all", false, "masquerade all traffic to Services")
 	fs.StringVar(&o.Conf.Bridge, "bridge", "", "node bridge name (default flatnet0)")
@@ -96,6 +98,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Resync < time.Second {
 		errs = append(errs, errors.New("--resync must be at least 1s"))
+	}
+	if o.HealthTimeout < time.Minute || o.HealthTimeout < 2*o.Resync {
+		errs = append(errs, errors.New("--health-timeout must be at least 1m and twice --resync (retries back off up to 30s)"))
 	}
 	return errors.Join(errs...)
 }

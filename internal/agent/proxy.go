@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -14,12 +13,8 @@ import (
 	"github.com/flatnet-io/flatnet/internal/proxy"
 )
 
-// proxyMinInterval bounds how often Service and EndpointSlice events cause
-// a sync: events within it are coalesced into one transaction.
-const proxyMinInterval = 50 * time.Millisecond
-
 // startProxy wires the service proxy to Service and EndpointSlice informers
-// and runs its sync loop until ctx ends.
+// and starts each family's proxier (its own runner) until ctx ends.
 func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformerFactory, zone string) error {
 	if err := enableBridgeNetfilter(); err != nil {
 		a.log.Warn("bridged traffic will not see the proxy's rules", "err", err)
@@ -33,7 +28,7 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 		if err != nil {
 			return fmt.Errorf("service proxy: %w", err)
 		}
-		p := proxy.New(proxy.Config{Family: fam, NodeName: a.o.NodeName, NodeZone: zone, ClusterCIDR: cidr, MasqueradeAll: a.o.MasqueradeAll},
+		p := proxy.New(proxy.Config{Family: fam, NodeName: a.o.NodeName, NodeZone: zone, ClusterCIDR: cidr, MasqueradeAll: a.o.MasqueradeAll, Events: a.events},
 			nft, proxy.KernelConntrack{Family: fam}, a.log.With("component", "proxy", "family", fam.String()))
 		p.Metrics().Register(a.registry)
 		a.proxiers = append(a.proxiers, p)
@@ -42,7 +37,6 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 		for _, p := range a.proxiers {
 			f(p)
 		}
-		a.pokeProxy()
 	}
 	unwrap := func(obj any) any {
 		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
@@ -80,47 +74,10 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	if !cache.WaitForCacheSync(ctx.Done(), svcs.HasSynced, eps.HasSynced) {
 		return ctx.Err()
 	}
-	go a.proxyLoop(ctx, a.proxiers, a.proxyPoke)
+	for _, p := range a.proxiers {
+		go p.Run(ctx)
+	}
 	return nil
-}
-
-func (a *Agent) pokeProxy() {
-	select {
-	case a.proxyPoke <- struct{}{}:
-	default:
-	}
-}
-
-// proxyLoop syncs on events (coalesced) and on the resync period; a failed
-// sync is retried after a second.
-func (a *Agent) proxyLoop(ctx context.Context, proxiers []*proxy.Proxier, trigger <-chan struct{}) {
-	for _, p := range proxiers {
-		defer p.Close()
-	}
-	t := time.NewTicker(a.o.Resync)
-	defer t.Stop()
-	retry := time.Duration(0)
-	for {
-		retry = 0
-		for _, p := range proxiers { // each family's proxier only rewrites what changed for it
-			if err := p.Sync(ctx); err != nil {
-				a.log.Warn("service proxy sync failed", "err", err)
-				retry = time.Second
-			}
-		}
-		var again <-chan time.Time
-		if retry > 0 {
-			again = time.After(retry)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-trigger:
-		case <-t.C:
-		case <-again:
-		}
-		time.Sleep(proxyMinInterval)
-	}
 }
 
 func dropManagedFields(obj any) (any, error) {

@@ -33,6 +33,9 @@ type Flow struct {
 	// entry would keep its later packets (a retransmitted SYN, the next UDP
 	// datagram from the same port) away from the rules now in place.
 	NotNATed bool
+	// Except, sorted, keeps the entries answered by one of these addresses
+	// (the usable endpoints).
+	Except []netip.Addr
 }
 
 func (f Flow) String() string {
@@ -47,6 +50,9 @@ func (f Flow) String() string {
 	}
 	if f.NotNATed {
 		s += " not NATed"
+	}
+	if len(f.Except) > 0 {
+		s += fmt.Sprintf(" unless answered by %v", f.Except)
 	}
 	return s
 }
@@ -77,6 +83,9 @@ func (idx flowIndex) match(proto uint8, dst netip.Addr, port uint16, replySrc ne
 				continue
 			}
 			if f.NotNATed && replySrc != dst {
+				continue
+			}
+			if _, found := slices.BinarySearchFunc(f.Except, replySrc, netip.Addr.Compare); found {
 				continue
 			}
 			return true
@@ -153,6 +162,36 @@ func staleFlows(old, cur map[ServicePortName]*portObjects, zone string) []Flow {
 			continue
 		}
 		out = append(out, portFlows(now.sp, netip.Addr{}, now.sp.Name.Protocol != corev1.ProtocolUDP)...)
+	}
+	return out
+}
+
+// reconcileFlows is staleFlows for a proxier that has no record of what
+// was programmed before it (flatnetd restarted): it names the entries that
+// are wrong whatever that was. For each Service port with usable
+// endpoints: UDP entries not answered by one of them (an endpoint gone
+// meanwhile, or never NATed), and TCP entries never NATed. Entries answered
+// by a usable endpoint are left alone, so live flows keep their backends.
+func reconcileFlows(cur map[ServicePortName]*portObjects, zone string) []Flow {
+	var out []Flow
+	for _, o := range cur {
+		eps := usable(o.eps, false, zone, o.sp.TrafficDistributed)
+		if len(eps) == 0 {
+			continue
+		}
+		if o.sp.Name.Protocol != corev1.ProtocolUDP {
+			out = append(out, portFlows(o.sp, netip.Addr{}, true)...)
+			continue
+		}
+		var ips []netip.Addr
+		for _, e := range eps {
+			ips = append(ips, e.IP)
+		}
+		slices.SortFunc(ips, netip.Addr.Compare)
+		for _, f := range portFlows(o.sp, netip.Addr{}, false) {
+			f.Except = slices.Compact(ips)
+			out = append(out, f)
+		}
 	}
 	return out
 }

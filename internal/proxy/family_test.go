@@ -83,7 +83,7 @@ func TestOtherFamilyIgnored(t *testing.T) {
 	p.UpdateService(legacy)
 	p.UpdateSlice(slice("legacy", 8081, corev1.ProtocolTCP, ready("10.244.1.3", "node-1")))
 	p.DeleteService(legacy)
-	if p.Changed() {
+	if !p.Status().PendingSince.IsZero() {
 		t.Fatal("the IPv6 proxier counts an IPv4-only Service and slice as a change")
 	}
 	web := service("web", "10.96.0.10", corev1.ServicePort{Port: 80})

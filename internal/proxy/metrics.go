@@ -16,6 +16,8 @@ type Metrics struct {
 	rules              prometheus.Gauge
 	elements           prometheus.Gauge
 	chains             prometheus.Gauge
+	conflicts          prometheus.Gauge
+	repairs            prometheus.Counter
 }
 
 // NewMetrics makes unregistered metrics of the proxier of one family; they
@@ -35,12 +37,16 @@ func NewMetrics(fam Family) *Metrics {
 		rules:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_rules", ConstLabels: l, Help: "Rules in the proxy's table."}),
 		elements: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_set_elements", ConstLabels: l, Help: "Map and set elements in the proxy's table."}),
 		chains:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_chains", ConstLabels: l, Help: "Chains in the proxy's table."}),
+		conflicts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_conflicting_frontends", ConstLabels: l,
+			Help: "Service frontends (address, protocol, port) not programmed because another Service owns them or they are a ClusterIP."}),
+		repairs: prometheus.NewCounter(prometheus.CounterOpts{Name: "flatnet_proxy_table_repairs_total", ConstLabels: l,
+			Help: "Times the proxy found its table changed behind its back (flushed, deleted) and rewrote it."}),
 	}
 }
 
 // Register adds the metrics to r.
 func (m *Metrics) Register(r prometheus.Registerer) {
-	r.MustRegister(m.syncDuration, m.syncErrors, m.syncs, m.lastFullSync, m.programmingLatency, m.rules, m.elements, m.chains)
+	r.MustRegister(m.syncDuration, m.syncErrors, m.syncs, m.lastFullSync, m.programmingLatency, m.rules, m.elements, m.chains, m.conflicts, m.repairs)
 }
 
 func (m *Metrics) observeSync(d time.Duration, err error) {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"sync"
 
 	gnftables "github.com/google/nftables"
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 )
 
@@ -71,6 +73,25 @@ func (n *mergingNFTables) List(ctx context.Context, objectType string) ([]string
 	names, err := n.Interface.List(ctx, objectType)
 	// Netlink lists the anonymous sets of rules ("__set0", "__map0") too.
 	return slices.DeleteFunc(names, func(name string) bool { return strings.HasPrefix(name, "__") }), err
+}
+
+// ListRules lists the rules of chain over netlink, with their handles but
+// not their text (knftables runs `nft --json list chain`, a process per
+// call): the proxy only counts them (see verify).
+func (n *mergingNFTables) ListRules(_ context.Context, chain string) ([]*knftables.Rule, error) {
+	rules, err := n.conn.GetRules(&gnftables.Table{Name: n.table, Family: n.gfamily}, &gnftables.Chain{Name: chain})
+	if err != nil {
+		// google/nftables formats the errno away (%v): match its text
+		if errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), unix.ENOENT.Error()) {
+			return nil, nil // no such table or chain: no rules
+		}
+		return nil, fmt.Errorf("list rules of %s: %w", chain, err)
+	}
+	out := make([]*knftables.Rule, len(rules))
+	for i, r := range rules {
+		out[i] = &knftables.Rule{Chain: chain, Handle: knftables.PtrTo(int(r.Handle))}
+	}
+	return out, nil
 }
 
 // Run renders tx, merges its element additions and runs it with `nft -f -`,

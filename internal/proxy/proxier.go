@@ -52,36 +52,70 @@
 // mostly map elements now.)
 //
 // Every sync is one nftables transaction, so the kernel goes from one
-// consistent ruleset to the next. The first sync (and one after any failure,
-// and one an hour) rewrites the whole table; the others rewrite only the
-// Service ports whose Service or endpoints changed. Nothing is flushed
-// on exit. After a sync, conntrack entries that would now send packets the
-// wrong way are deleted in one pass over the table (see staleFlows): UDP
-// flows of removed endpoints and of Services gone or going from 0 to N
-// endpoints, and TCP flows to a Service port that just got endpoints but
-// were never NATed (a SYN sent before the rules existed).
+// consistent ruleset to the next, and a failed one leaves the table as the
+// last successful sync wrote it: the proxier keeps its record of what is
+// programmed and retries (with backoff, see package runner) as a full sync.
+// The first sync (and one after any failure, and one an hour) rewrites the
+// whole table; the others rewrite only the Service ports whose Service or
+// endpoints changed. Nothing is flushed on exit. After a sync, conntrack
+// entries that would now send packets the wrong way are deleted in one pass
+// over the table (see staleFlows): UDP flows of removed endpoints and of
+// Services gone or going from 0 to N endpoints, and TCP flows to a Service
+// port that just got endpoints but were never NATed (a SYN sent before the
+// rules existed). The first sync of a process (flatnetd restarted) knows
+// nothing of what the last one programmed, so it judges the conntrack table
+// itself: only UDP flows to a Service port that are not answered by one of
+// its usable endpoints are deleted (see reconcileFlows); live flows keep
+// their backends across a restart.
+//
+// Self-healing: when idle, each sync (every CheckInterval) verifies over
+// netlink that the table still has every chain, set and map the proxier
+// made and that the fixed chains hold their rules (see verify.go); if
+// anything is missing (`nft flush ruleset`, another tool deleting the
+// table) the table is rewritten at once. Map elements changed behind the
+// proxy's back are repaired by the hourly full sync.
+//
+// Conflicting Services (two claiming one externalIP and port, an externalIP
+// that is another Service's ClusterIP) are settled by ownership.go's rule:
+// the loser's conflicting frontends are not programmed and it gets a
+// Warning Event; no Service can make a sync fail for the others.
 package proxy
 
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/runner"
 )
 
 // Config is how the proxy sees its node.
 type Config struct {
 	Family        Family // the zero value is IPv4
 	NodeName      string
-	NodeZone      string // topology.kubernetes.io/zone of this node, for hints
+	NodeZone      string // topology.kubernetes.io/zone of this node at start, for hints (SetZone changes it)
 	ClusterCIDR   netip.Prefix
 	MasqueradeAll bool
+	// Events, when set, receives a Warning Event for each Service that
+	// loses an address to another (see ownership.go).
+	Events EventRecorder
+}
+
+// EventRecorder is the part of client-go's record.EventRecorder the proxy
+// uses.
+type EventRecorder interface {
+	Eventf(object runtime.Object, eventtype, reason, messageFmt string, args ...any)
 }
 
 // Proxier holds the latest Services and EndpointSlices and programs them.
@@ -92,21 +126,25 @@ type Proxier struct {
 	metrics *Metrics
 	ct      Conntrack
 	health  *healthServer
+	runner  *runner.Runner
 
 	mu          sync.Mutex
 	services    map[types.NamespacedName]*corev1.Service
 	slices      map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice
-	triggers    []time.Time // EndpointSlice trigger times since the last sync
-	changed     bool
-	dirty       map[types.NamespacedName]bool // Services to recompute
+	triggers    map[types.NamespacedName]time.Time // per EndpointSlice: the oldest change not yet programmed
+	dirty       map[types.NamespacedName]bool      // Services to recompute
+	zone        string
 	zoneChanged bool
+	needFull    bool // the last sync failed: rewrite the whole table
 	state       map[types.NamespacedName]*serviceState
+	owners      *ownership
+	conflicts   int // frontends not programmed because another Service owns them
 
-	// what the last successful sync programmed, per Service port; nil
-	// forces the next sync to be a full one
+	// Written by Sync only (one goroutine): what the last successful sync
+	// programmed, per Service port; nil until the first success.
 	programmed map[ServicePortName]*portObjects
 	lastFull   time.Time
-	baseRules  int                     // rules of the fixed chains
+	baseRules  map[string]int          // rules per fixed chain
 	shared     map[string]sharedObject // the shared chains and maps of balance.go
 }
 
@@ -114,39 +152,64 @@ type Proxier struct {
 // diff is small, repairing anything changed behind the proxy's back.
 const FullSyncPeriod = time.Hour
 
+// How often the proxier's runner syncs: changes are coalesced for
+// MinSyncInterval; when idle it checks the table every CheckInterval; a
+// failed sync is retried after 1 s, doubling up to 30 s.
+const (
+	MinSyncInterval = 50 * time.Millisecond
+	CheckInterval   = time.Second
+)
+
 // New makes a Proxier over nft (a real knftables interface or a Fake).
 func New(cfg Config, nft knftables.Interface, ct Conntrack, log *slog.Logger) *Proxier {
-	return &Proxier{cfg: cfg, nft: nft, ct: ct, log: log, metrics: NewMetrics(cfg.Family),
+	p := &Proxier{cfg: cfg, nft: nft, ct: ct, log: log, metrics: NewMetrics(cfg.Family),
 		services: map[types.NamespacedName]*corev1.Service{}, slices: map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice{},
-		dirty: map[types.NamespacedName]bool{}, state: map[types.NamespacedName]*serviceState{},
-		health: newHealthServer(log, cfg.Family)}
+		triggers: map[types.NamespacedName]time.Time{}, dirty: map[types.NamespacedName]bool{}, zone: cfg.NodeZone,
+		state: map[types.NamespacedName]*serviceState{}, owners: newOwnership(), health: newHealthServer(log, cfg.Family)}
+	p.runner = runner.New(p.Sync, runner.Options{MinInterval: MinSyncInterval, MaxInterval: CheckInterval,
+		MinBackoff: time.Second, MaxBackoff: 30 * time.Second})
+	return p
 }
 
 // Metrics returns the proxy's metrics.
 func (p *Proxier) Metrics() *Metrics { return p.metrics }
 
+// Run syncs (see the package runner) until ctx ends, then stops the
+// health-check servers; the ruleset stays.
+func (p *Proxier) Run(ctx context.Context) {
+	defer p.Close()
+	p.runner.Run(ctx)
+}
+
+// Status is the sync loop's progress, for health checks.
+func (p *Proxier) Status() runner.Status { return p.runner.Status() }
+
 // UpdateService records the latest version of a Service.
 func (p *Proxier) UpdateService(svc *corev1.Service) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	p.mu.Lock()
 	if _, known := p.services[key]; !known && !clusterIPOf(svc, p.cfg.Family).IsValid() {
+		p.mu.Unlock()
 		return // of the other family (on a dual-stack node): nothing to program here
 	}
 	p.services[key] = svc
-	p.dirty[key], p.changed = true, true
+	p.dirty[key] = true
+	p.mu.Unlock()
+	p.runner.Poke()
 }
 
 // DeleteService forgets a Service.
 func (p *Proxier) DeleteService(svc *corev1.Service) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	p.mu.Lock()
 	if _, known := p.services[key]; !known {
+		p.mu.Unlock()
 		return
 	}
 	delete(p.services, key)
-	p.dirty[key], p.changed = true, true
+	p.dirty[key] = true
+	p.mu.Unlock()
+	p.runner.Poke()
 }
 
 // serviceOf is the Service an EndpointSlice belongs to.
@@ -162,15 +225,19 @@ func (p *Proxier) UpdateSlice(s *discoveryv1.EndpointSlice) {
 		return
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.slices[key] == nil {
 		p.slices[key] = map[string]*discoveryv1.EndpointSlice{}
 	}
 	p.slices[key][s.Name] = s
 	if t, err := time.Parse(time.RFC3339Nano, s.Annotations[corev1.EndpointsLastChangeTriggerTime]); err == nil {
-		p.triggers = append(p.triggers, t)
+		id := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
+		if old, ok := p.triggers[id]; !ok || t.Before(old) {
+			p.triggers[id] = t
+		}
 	}
-	p.dirty[key], p.changed = true, true
+	p.dirty[key] = true
+	p.mu.Unlock()
+	p.runner.Poke()
 }
 
 // DeleteSlice forgets an EndpointSlice.
@@ -180,19 +247,24 @@ func (p *Proxier) DeleteSlice(s *discoveryv1.EndpointSlice) {
 		return
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	delete(p.slices[key], s.Name)
 	if len(p.slices[key]) == 0 {
 		delete(p.slices, key)
 	}
-	p.dirty[key], p.changed = true, true
+	delete(p.triggers, types.NamespacedName{Namespace: s.Namespace, Name: s.Name})
+	p.dirty[key] = true
+	p.mu.Unlock()
+	p.runner.Poke()
 }
 
 // serviceState is one Service turned into ports and endpoints; it is
-// recomputed only when the Service or one of its EndpointSlices changes.
+// recomputed only when the Service or one of its EndpointSlices changes,
+// and filtered again when another Service's claims change.
 type serviceState struct {
-	ports []*ServicePort
-	eps   map[ServicePortName][]Endpoint
+	claimed   []*ServicePort // as the Service asks
+	ports     []*ServicePort // as programmed: without the frontends others own
+	eps       map[ServicePortName][]Endpoint
+	conflicts []string
 }
 
 // snapshot is the desired state at one instant.
@@ -200,53 +272,100 @@ type snapshot struct {
 	ports       []*ServicePort
 	eps         map[ServicePortName][]Endpoint
 	dirty       map[types.NamespacedName]bool // Services changed since the last snapshot
-	triggers    []time.Time
+	triggers    map[types.NamespacedName]time.Time
+	zone        string
 	zoneChanged bool
+	full        bool // the last sync failed
 }
 
-func (p *Proxier) snapshot() snapshot {
+// conflictEvent is a Warning Event to send about a Service.
+type conflictEvent struct {
+	svc       *corev1.Service
+	conflicts []string
+}
+
+func (p *Proxier) snapshot() (snapshot, []conflictEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := snapshot{eps: make(map[ServicePortName][]Endpoint, len(p.state)), dirty: p.dirty, triggers: p.triggers, zoneChanged: p.zoneChanged}
-	p.triggers, p.changed, p.dirty, p.zoneChanged = nil, false, map[types.NamespacedName]bool{}, false
-	for key := range s.dirty {
-		svc, ok := p.services[key]
-		if !ok {
-			delete(p.state, key)
-			continue
-		}
-		var list []*discoveryv1.EndpointSlice
-		for _, sl := range p.slices[key] {
-			list = append(list, sl)
-		}
-		byPort := sliceEndpoints(list, p.cfg.NodeName, p.cfg.Family)
-		st := &serviceState{eps: map[ServicePortName][]Endpoint{}}
-		for _, sp := range servicePorts(svc, p.cfg.Family) {
-			st.ports = append(st.ports, sp)
-			st.eps[sp.Name] = byPort[sp.Name.Port+"/"+string(sp.Name.Protocol)]
-		}
-		p.state[key] = st
+	s := snapshot{eps: make(map[ServicePortName][]Endpoint, len(p.state)), dirty: p.dirty, triggers: p.triggers,
+		zone: p.zone, zoneChanged: p.zoneChanged, full: p.needFull}
+	p.triggers, p.dirty, p.zoneChanged, p.needFull = map[types.NamespacedName]time.Time{}, map[types.NamespacedName]bool{}, false, false
+	for _, key := range slices.Collect(maps.Keys(s.dirty)) {
+		maps.Copy(s.dirty, p.recompute(key))
 	}
+	var events []conflictEvent
+	for key := range s.dirty {
+		if st := p.state[key]; st != nil {
+			if ev := p.refilter(st); len(ev) > 0 {
+				events = append(events, conflictEvent{svc: p.services[key], conflicts: ev})
+			}
+		}
+	}
+	p.metrics.conflicts.Set(float64(p.conflicts))
 	for _, st := range p.state {
 		s.ports = append(s.ports, st.ports...)
-		for name, eps := range st.eps {
-			s.eps[name] = eps
-		}
+		maps.Copy(s.eps, st.eps)
 	}
-	return s
+	return s, events
+}
+
+// recompute turns Service key and its slices into its state, updates the
+// address ownership and returns the other Services that may have won or
+// lost an address by it.
+func (p *Proxier) recompute(key types.NamespacedName) map[types.NamespacedName]bool {
+	old := p.state[key]
+	svc, ok := p.services[key]
+	if !ok {
+		if old != nil {
+			p.conflicts -= len(old.conflicts)
+		}
+		delete(p.state, key)
+		return p.owners.set(key, time.Time{}, nil)
+	}
+	var list []*discoveryv1.EndpointSlice
+	for _, sl := range p.slices[key] {
+		list = append(list, sl)
+	}
+	byPort := sliceEndpoints(list, p.cfg.NodeName, p.cfg.Family)
+	st := &serviceState{eps: map[ServicePortName][]Endpoint{}}
+	if old != nil {
+		st.conflicts = old.conflicts
+	}
+	for _, sp := range servicePorts(svc, p.cfg.Family) {
+		st.claimed = append(st.claimed, sp)
+		st.eps[sp.Name] = byPort[sp.Name.Port+"/"+string(sp.Name.Protocol)]
+	}
+	p.state[key] = st
+	return p.owners.set(key, svc.CreationTimestamp.Time, st.claimed)
+}
+
+// refilter applies address ownership to a Service's ports and returns its
+// conflicts when they changed (to be reported), nil otherwise.
+func (p *Proxier) refilter(st *serviceState) []string {
+	ports, conflicts := p.owners.filter(st.claimed)
+	changed := !slices.Equal(conflicts, st.conflicts)
+	p.conflicts += len(conflicts) - len(st.conflicts)
+	st.ports, st.conflicts = ports, conflicts
+	if changed {
+		return conflicts
+	}
+	return nil
 }
 
 // Sync programs the current state in one transaction.
 func (p *Proxier) Sync(ctx context.Context) error {
 	start := time.Now()
-	snap := p.snapshot()
+	snap, events := p.snapshot()
+	for _, ev := range events {
+		p.log.Warn("Service address conflict", "service", ev.svc.Namespace+"/"+ev.svc.Name, "conflicts", ev.conflicts)
+		if p.cfg.Events != nil {
+			p.cfg.Events.Eventf(ev.svc, corev1.EventTypeWarning, "AddressConflict", "not programmed: %s", strings.Join(ev.conflicts, "; "))
+		}
+	}
 	err := p.sync(ctx, snap)
 	p.metrics.observeSync(time.Since(start), err)
 	if err != nil {
-		p.mu.Lock()
-		p.changed = true // try again, with a full sync (programmed was reset)
-		p.triggers = append(p.triggers, snap.triggers...)
-		p.mu.Unlock()
+		p.requeue(snap)
 		return err
 	}
 	done := time.Now()
@@ -256,24 +375,33 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	return nil
 }
 
+// requeue puts back what a failed sync took, so that the next one (a full
+// sync) programs it and reports its latency.
+func (p *Proxier) requeue(snap snapshot) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.needFull = true
+	maps.Copy(p.dirty, snap.dirty)
+	for id, t := range snap.triggers {
+		if old, ok := p.triggers[id]; !ok || t.Before(old) {
+			p.triggers[id] = t
+		}
+	}
+}
+
 // SetZone changes the node's topology zone; when it differs, the next sync
 // is a full one, since zone hints may select other endpoints everywhere.
 func (p *Proxier) SetZone(zone string) bool {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cfg.NodeZone == zone {
+	if p.zone == zone {
+		p.mu.Unlock()
 		return false
 	}
-	p.cfg.NodeZone = zone
-	p.zoneChanged, p.changed = true, true
+	p.zone = zone
+	p.zoneChanged = true
+	p.mu.Unlock()
+	p.runner.Poke()
 	return true
-}
-
-// Changed reports whether anything arrived since the last sync.
-func (p *Proxier) Changed() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.changed
 }
 
 // Close stops the health-check servers (the ruleset stays).

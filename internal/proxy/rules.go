@@ -40,9 +40,10 @@ type builder struct {
 	// the shared chains and maps (see balance.go) the table has or this
 	// transaction adds
 	shared map[string]sharedObject
-	rules  int
-	elems  int
-	cur    *portObjects // the Service port being built, nil for the base
+	rules     int
+	elems     int
+	fixedRules map[string]int // rules per fixed chain
+	cur        *portObjects   // the Service port being built, nil for the base
 	// Element additions wait here, per set in the order the sets first
 	// got one, until addElements puts them at the end of the transaction:
 	// nft then gets one command per set (see NewNFTables).
@@ -71,7 +72,8 @@ type mapElement struct {
 // newBuilder starts a transaction on a table that has the shared objects in
 // shared (nil for none).
 func newBuilder(tx *knftables.Transaction, cfg *Config, shared map[string]sharedObject) *builder {
-	b := &builder{tx: tx, cfg: cfg, chains: map[string]bool{}, sets: map[string]bool{}, hairpin: map[netip.Addr]bool{}, shared: map[string]sharedObject{}}
+	b := &builder{tx: tx, cfg: cfg, chains: map[string]bool{}, sets: map[string]bool{}, hairpin: map[netip.Addr]bool{},
+		shared: map[string]sharedObject{}, fixedRules: map[string]int{}}
 	for name, o := range shared {
 		b.shared[name] = o
 	}
@@ -90,6 +92,9 @@ func (b *builder) chain(name string) {
 
 func (b *builder) rule(chain string, parts ...any) {
 	b.rules++
+	if b.cur == nil {
+		b.fixedRules[chain]++
+	}
 	b.tx.Add(&knftables.Rule{Chain: chain, Rule: knftables.Concat(parts...)})
 }
 

@@ -6,29 +6,47 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"sigs.k8s.io/knftables"
 )
 
-// sync picks a full or a partial sync; see the package doc.
+// sync picks a full or a partial sync, or, when nothing changed, checks
+// that the table is intact; see the package doc. A failed sync leaves the
+// kernel and p.programmed as they were.
 func (p *Proxier) sync(ctx context.Context, snap snapshot) error {
-	var err error
-	if snap.zoneChanged || p.programmed == nil || time.Since(p.lastFull) > FullSyncPeriod {
-		start := time.Now()
-		err = p.fullSync(ctx, snap)
-		p.metrics.observeKind("full")
-		if err == nil {
-			p.metrics.lastFullSync.Set(time.Since(start).Seconds())
+	full := snap.full || snap.zoneChanged || p.programmed == nil || time.Since(p.lastFull) > FullSyncPeriod
+	if !full && len(snap.dirty) == 0 {
+		damage, err := p.verify(ctx)
+		if err != nil {
+			return fmt.Errorf("check the table: %w", err)
 		}
-	} else {
-		err = p.partialSync(ctx, snap)
+		if damage == "" {
+			return nil
+		}
+		p.log.Warn("the proxy's table was changed behind its back; rewriting it", "damage", damage)
+		p.metrics.repairs.Inc()
+		full = true
+	}
+	if !full {
 		p.metrics.observeKind("partial")
+		return p.partialSync(ctx, snap)
 	}
-	if err != nil {
-		p.programmed = nil // the next sync starts from scratch
+	start := time.Now()
+	p.metrics.observeKind("full")
+	if err := p.fullSync(ctx, snap); err != nil {
+		return err
 	}
-	return err
+	p.metrics.lastFullSync.Set(time.Since(start).Seconds())
+	return nil
+}
+
+// config is the proxy's configuration with the zone of the snapshot.
+func (p *Proxier) config(snap snapshot) *Config {
+	cfg := p.cfg
+	cfg.NodeZone = snap.zone
+	return &cfg
 }
 
 // fullSync rewrites the whole table: every chain and map flushed and
@@ -47,7 +65,7 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 		return fmt.Errorf("list maps: %w", err)
 	}
 	tx := p.nft.NewTransaction()
-	b := newBuilder(tx, &p.cfg, nil)
+	b := newBuilder(tx, p.config(snap), nil)
 	b.base()
 	// Empty every chain that exists and the fixed maps; affinity sets keep
 	// their clients. ("flush table" would do the chains in one line, but the
@@ -90,10 +108,7 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 	if err := p.nft.Run(ctx, tx); err != nil {
 		return fmt.Errorf("nftables transaction (%d rules, %d elements): %w", b.rules, b.elems, err)
 	}
-	p.baseRules = b.rules
-	for _, o := range programmed {
-		p.baseRules -= o.rules
-	}
+	p.baseRules = b.fixedRules
 	p.shared = b.shared
 	p.afterSync(snap, programmed)
 	p.lastFull = time.Now()
@@ -132,7 +147,7 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 		return nil
 	}
 	tx := p.nft.NewTransaction()
-	b := newBuilder(tx, &p.cfg, p.shared)
+	b := newBuilder(tx, p.config(snap), p.shared)
 	stale := map[ServicePortName]*portObjects{}
 	for _, sp := range changed {
 		if old := p.programmed[sp.Name]; old != nil {
@@ -142,12 +157,16 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 	for _, name := range removed {
 		stale[name] = p.programmed[name]
 	}
+	deleted := map[string]bool{} // the kernel refuses to delete an element twice
 	for _, old := range stale {
 		for _, c := range old.chains {
 			tx.Flush(&knftables.Chain{Name: c})
 		}
 		for _, e := range old.elements {
-			tx.Delete(&knftables.Element{Map: e.m, Key: e.key})
+			if id := e.m + " " + strings.Join(e.key, " . "); !deleted[id] {
+				deleted[id] = true
+				tx.Delete(&knftables.Element{Map: e.m, Key: e.key})
+			}
 		}
 	}
 	programmed := make(map[ServicePortName]*portObjects, len(snap.ports))
@@ -239,14 +258,24 @@ func deleteUnusedShared(tx *knftables.Transaction, shared map[string]sharedObjec
 }
 
 // afterSync clears stale conntrack entries and updates the health-check
-// servers, then remembers what is programmed.
+// servers, then remembers what is programmed. The first sync of a process
+// has no record of what was programmed before it: it judges the
+// conntrack table against what it programmed (reconcileFlows) instead of
+// treating every Service port as new.
 func (p *Proxier) afterSync(snap snapshot, programmed map[ServicePortName]*portObjects) {
-	if err := p.ct.Delete(staleFlows(p.programmed, programmed, p.cfg.NodeZone)); err != nil {
+	flows := staleFlows(p.programmed, programmed, snap.zone)
+	if p.programmed == nil {
+		flows = reconcileFlows(programmed, snap.zone)
+	}
+	if err := p.ct.Delete(flows); err != nil {
 		p.log.Warn("clear stale conntrack entries", "err", err)
 	}
 	p.programmed = programmed
 	p.health.update(snap.ports, snap.eps)
-	rules, elems, chains := p.baseRules, 0, 0
+	rules, elems, chains := 0, 0, len(p.baseRules)
+	for _, n := range p.baseRules {
+		rules += n
+	}
 	for _, o := range p.shared {
 		rules += o.rules
 		if o.tier != tierMap {
