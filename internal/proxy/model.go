@@ -78,18 +78,22 @@ func servicePorts(svc *corev1.Service, fam Family) []*ServicePort {
 	}
 	var external []netip.Addr
 	for _, s := range svc.Spec.ExternalIPs {
-		if a, err := netip.ParseAddr(s); err == nil && fam.has(a) {
+		if a, ok := parseAddr(s); ok && fam.has(a) {
 			external = append(external, a)
 		}
 	}
 	for _, ing := range svc.Status.LoadBalancer.Ingress {
-		if a, err := netip.ParseAddr(ing.IP); err == nil && fam.has(a) {
+		if a, ok := parseAddr(ing.IP); ok && fam.has(a) {
 			external = append(external, a)
 		}
 	}
+	// An address named twice (in externalIPs and as the load balancer's,
+	// or twice in one list) is one frontend: programmed and removed once.
+	slices.SortFunc(external, netip.Addr.Compare)
+	external = slices.Compact(external)
 	var ranges []netip.Prefix
 	for _, s := range svc.Spec.LoadBalancerSourceRanges {
-		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && fam.has(p.Addr()) {
+		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && !p.Addr().Is4In6() && fam.has(p.Addr()) {
 			ranges = append(ranges, p.Masked())
 		}
 	}
@@ -131,6 +135,17 @@ func servicePorts(svc *corev1.Service, fam Family) []*ServicePort {
 	return out
 }
 
+// parseAddr reads an address of a Service or endpoint as nftables will
+// take it: an IPv4-mapped IPv6 address is its IPv4 address, and one with a
+// zone ("fe80::1%eth0", which the kernel cannot key by) is not an address.
+func parseAddr(s string) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, false
+	}
+	return a.Unmap(), true
+}
+
 // clusterIPOf is the Service's ClusterIP of family fam (spec.clusterIPs
 // holds one per family on a dual-stack Service; clusterIP is its first);
 // invalid for a headless Service or one without that family.
@@ -140,7 +155,7 @@ func clusterIPOf(svc *corev1.Service, fam Family) netip.Addr {
 		ips = []string{svc.Spec.ClusterIP}
 	}
 	for _, s := range ips {
-		if a, err := netip.ParseAddr(s); err == nil && fam.has(a) { // "None" does not parse
+		if a, ok := parseAddr(s); ok && fam.has(a) { // "None" does not parse
 			return a
 		}
 	}
@@ -182,8 +197,8 @@ func sliceEndpoints(slicesOf []*discoveryv1.EndpointSlice, node string, fam Fami
 					}
 				}
 				for _, a := range e.Addresses {
-					ip, err := netip.ParseAddr(a)
-					if err != nil {
+					ip, ok := parseAddr(a)
+					if !ok {
 						continue
 					}
 					ep.IP = ip

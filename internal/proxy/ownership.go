@@ -195,7 +195,7 @@ func (o *ownership) filter(ports []*ServicePort) (out []*ServicePort, conflicts 
 		for i, f := range ext {
 			switch {
 			case len(o.clusterIPs[f.addr]) > 0:
-				conflicts = append(conflicts, fmt.Sprintf("external IP %s of port %s is a ClusterIP: not programmed", f.addr, sp.Name))
+				conflicts = append(conflicts, fmt.Sprintf("external IP %s of port %s is a ClusterIP", f.addr, sp.Name))
 			case !o.owns(sp, f):
 				conflicts = append(conflicts, fmt.Sprintf("%s of port %s belongs to the older %s", f, sp.Name, o.claims[f][0].port))
 			default:

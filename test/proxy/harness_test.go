@@ -6,6 +6,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -14,7 +15,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,6 +26,8 @@ import (
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/flatnet-io/flatnet/internal/cniruntime"
 	"github.com/flatnet-io/flatnet/internal/cnitest"
@@ -88,6 +93,7 @@ type env struct {
 	proxier6 *proxy.Proxier // IPv6
 	pods     map[string]*pod
 	zone     string
+	events   *eventLog
 }
 
 type pod struct {
@@ -104,7 +110,7 @@ func newEnv(t *testing.T, zone string) *env {
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
-	e := &env{t: t, name: fmt.Sprintf("%s%d", prefix, serial.Add(1)), pods: map[string]*pod{}, zone: zone}
+	e := &env{t: t, name: fmt.Sprintf("%s%d", prefix, serial.Add(1)), pods: map[string]*pod{}, zone: zone, events: &eventLog{}}
 	e.node = e.mkns("node")
 	e.outside = e.mkns("out")
 	e.link()
@@ -135,7 +141,7 @@ func (e *env) startProxiers() {
 			if err != nil {
 				return err
 			}
-			cfg := proxy.Config{Family: fam, NodeName: "node-1", NodeZone: e.zone, ClusterCIDR: netip.MustParsePrefix(cidr)}
+			cfg := proxy.Config{Family: fam, NodeName: "node-1", NodeZone: e.zone, ClusterCIDR: netip.MustParsePrefix(cidr), Events: e.events}
 			p = proxy.New(cfg, nft, nsConntrack{e.node, fam}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 			return nil
 		})
@@ -226,7 +232,8 @@ func (e *env) handle(path string) *netlink.Handle {
 }
 
 // addPod wires a pod and starts a TCP server on 8080 and a UDP server on
-// 8081 that answer "<pod> <client address>".
+// 8081 that answer "<pod> <client address>", and on 8082 a TCP server that
+// answers each line with "<pod> <line>" as long as the connection lasts.
 func (e *env) addPod(name string) *pod {
 	e.t.Helper()
 	path := e.mkns(name)
@@ -257,6 +264,7 @@ func (e *env) addPod(name string) *pod {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() { ln.Close(); pc.Close() })
+	e.serveLines(path, name)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -347,4 +355,50 @@ func udpSocket(t *testing.T, nsPath, addr string) (ask func() string) {
 		}
 		return ""
 	}
+}
+
+// serveLines answers each line on TCP 8082 of a pod with "<pod> <line>".
+func (e *env) serveLines(nsPath, name string) {
+	e.t.Helper()
+	var ln net.Listener
+	if err := netns.Do(nsPath, func() (err error) { ln, err = net.Listen("tcp", ":8082"); return err }); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					if _, err := fmt.Fprintf(c, "%s %s\n", name, sc.Text()); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+}
+
+// eventLog records the Events a proxier sends.
+type eventLog struct {
+	mu     sync.Mutex
+	events []string // "<namespace>/<name> <type> <reason>: <message>"
+}
+
+func (l *eventLog) Eventf(obj runtime.Object, typ, reason, format string, args ...any) {
+	m, _ := meta.Accessor(obj)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, fmt.Sprintf("%s/%s %s %s: %s", m.GetNamespace(), m.GetName(), typ, reason, fmt.Sprintf(format, args...)))
+}
+
+func (l *eventLog) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.events)
 }

@@ -83,3 +83,8 @@ func slice(service string, eps ...ep) *discoveryv1.EndpointSlice {
 }
 
 func hostPort(ip string, port int) string { return fmt.Sprintf("%s:%d", ip, port) }
+
+// linesPort is the EndpointSlice port of the line server on 8082.
+func linesPort() discoveryv1.EndpointPort {
+	return discoveryv1.EndpointPort{Name: ptr.To("lines"), Port: ptr.To(int32(8082)), Protocol: ptr.To(corev1.ProtocolTCP)}
+}
