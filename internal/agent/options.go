@@ -23,7 +23,7 @@ type Options struct {
 	MetricsAddr   string
 	Resync        time.Duration
 	HealthTimeout time.Duration // /healthz fails when a sync loop makes no progress for this long
-	Proxy         bool // run the service proxy
+	Proxy         bool          // run the service proxy
 	MasqueradeAll bool
 	Conf          cniconf.Options
 }

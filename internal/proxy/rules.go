@@ -39,9 +39,9 @@ type builder struct {
 	hairpin map[netip.Addr]bool
 	// the shared chains and maps (see balance.go) the table has or this
 	// transaction adds
-	shared map[string]sharedObject
-	rules     int
-	elems     int
+	shared     map[string]sharedObject
+	rules      int
+	elems      int
 	fixedRules map[string]int // rules per fixed chain
 	cur        *portObjects   // the Service port being built, nil for the base
 	// Element additions wait here, per set in the order the sets first

@@ -27,6 +27,10 @@ func (p *Proxier) sync(ctx context.Context, snap snapshot) error {
 		}
 		p.log.Warn("the proxy's table was changed behind its back; rewriting it", "damage", damage)
 		p.metrics.repairs.Inc()
+		// What the kernel did meanwhile is unknown (connections made while
+		// the table was gone were not NATed): the rewrite judges the
+		// conntrack table as a restart's first sync does.
+		p.programmed = nil
 		full = true
 	}
 	if !full {

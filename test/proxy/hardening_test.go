@@ -59,7 +59,9 @@ func TestConflictingAddressesDoNotStallTheProxy(t *testing.T) {
 		{"first", "10.96.0.72", a, []func(*corev1.Service){created(1), externalIPs("192.168.99.5")}},
 		{"second", "10.96.0.73", b, []func(*corev1.Service){created(2), externalIPs("192.168.99.5")}},
 		{"twice", "10.96.0.74", c, []func(*corev1.Service){created(3), externalIPs("192.168.99.6", "::ffff:192.168.99.7", "fe80::1%eth0"),
-			func(s *corev1.Service) { s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "192.168.99.6"}} }}},
+			func(s *corev1.Service) {
+				s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "192.168.99.6"}}
+			}}},
 		{"bystander", "10.96.0.75", c, []func(*corev1.Service){created(4)}},
 	} {
 		e.proxier.UpdateService(svc(s.name, s.vip, s.mods...))
