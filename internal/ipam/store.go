@@ -17,52 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Owner identifies an attachment: the runtime's (containerID, ifname) pair,
-// the same key CNI GC uses for its valid-attachments list.
-type Owner struct {
-	ContainerID string
-	IfName      string
-}
-
-func (o Owner) String() string { return o.ContainerID + ":" + o.IfName }
-
-// parseOwner reads the form written by Owner.String. Container IDs may not
-// contain ':' (CNI spec) and Linux interface names cannot, so it is unambiguous.
-func parseOwner(s string) (Owner, bool) {
-	cid, ifname, ok := strings.Cut(s, ":")
-	if !ok || cid == "" || ifname == "" {
-		return Owner{}, false
-	}
-	return Owner{ContainerID: cid, IfName: ifname}, true
-}
-
-// Claim is one allocated address.
-type Claim struct {
-	Owner Owner
-	Set   int // index of the range set it came from
-}
-
-// State is the whole allocation state of one network.
-type State struct {
-	Generation uint64
-	Claims     map[netip.Addr]Claim
-	Cursors    map[int]netip.Addr // round-robin cursor per range set
-}
-
-func newState() *State {
-	return &State{Claims: map[netip.Addr]Claim{}, Cursors: map[int]netip.Addr{}}
-}
-
-// Held returns the address owner o holds in range set set.
-func (st *State) Held(o Owner, set int) (netip.Addr, bool) {
-	for a, c := range st.Claims {
-		if c.Owner == o && c.Set == set {
-			return a, true
-		}
-	}
-	return netip.Addr{}, false
-}
-
 // Store keeps a State on disk in two slots, state.0 and state.1, each
 // "generation, records, checksum". A save writes the slot that does not hold
 // the newest valid state; a load takes the valid slot with the higher
@@ -168,6 +122,9 @@ func (s *Store) Load() (*State, error) {
 // Save writes st as the next generation into the slot not holding the
 // current state. Call it under the lock, after Load.
 func (s *Store) Save(st *State) error {
+	if err := st.check(); err != nil {
+		return fmt.Errorf("refusing to write a state that cannot be read back: %w", err)
+	}
 	st.Generation++
 	target := s.slots[(s.current+1+2)%2]
 	if s.current < 0 {
@@ -234,7 +191,7 @@ func decode(data []byte) (*State, error) {
 			if f[1] != want {
 				return nil, errors.New("checksum mismatch")
 			}
-			return st, nil // bytes after the end line are a longer old state's tail
+			return st, st.check() // bytes after the end line are a longer old state's tail
 		}
 		offset += len(line) + 1
 		if err := decodeLine(st, f); err != nil {
@@ -266,9 +223,12 @@ func decodeLine(st *State, f []string) error {
 		if set, err = strconv.Atoi(f[2]); err != nil {
 			return err
 		}
-		o, ok := parseOwner(f[3])
-		if !ok {
-			return errors.New("bad owner")
+		o, err := parseOwner(f[3])
+		if err != nil {
+			return err
+		}
+		if _, dup := st.Claims[a]; dup {
+			return fmt.Errorf("%s is claimed twice", a)
 		}
 		st.Claims[a] = Claim{Owner: o, Set: set}
 	default:
