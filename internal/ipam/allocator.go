@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ type Config struct {
 	DataDir  string
 	Sets     []RangeSet // canonicalized (see Canonicalize)
 	Reserved []netip.Addr
+	Log      *slog.Logger // the store's warnings; nil discards them
 }
 
 // Allocation is one address handed to an attachment.
@@ -54,7 +56,7 @@ type Allocator struct {
 
 // New opens the store of cfg.Network under cfg.DataDir.
 func New(cfg Config) (*Allocator, error) {
-	s, err := OpenStore(cfg.DataDir, cfg.Network)
+	s, err := OpenStore(cfg.DataDir, cfg.Network, cfg.Log)
 	if err != nil {
 		return nil, err
 	}
