@@ -10,10 +10,14 @@
 //     through a netlink handle opened on the pod's namespace.
 //   - ADD is idempotent per (containerID, ifname): a repeated ADD after a
 //     crash gets the same address and replaces its own half-made veth. Any
-//     failure after the address is allocated releases it and removes the veth.
-//   - DEL tolerates a missing namespace, link or allocation, so it can be
-//     repeated. GC releases every allocation and host veth of this network
-//     whose owner is not in cni.dev/valid-attachments.
+//     failure after the address is allocated removes the veth, then releases
+//     the address.
+//   - An address stays allocated while its attachment's veth exists: a DEL
+//     (or a failed ADD) that cannot remove the veth keeps the address and
+//     fails, and the runtime retries. DEL tolerates a missing namespace, link
+//     or allocation, so it can be repeated. GC releases every allocation and
+//     host veth of this network whose owner is not in
+//     cni.dev/valid-attachments.
 //   - The kernel state left behind is described in package podnet, the disk
 //     state in package ipam.
 package cni
@@ -140,7 +144,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	success := false
 	defer func() {
 		if !success {
-			_ = s.alloc.Release(s.owner)
+			s.rollback()
 		}
 	}()
 
@@ -166,25 +170,36 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	result, err := buildResult(cfg, args, att, allocs, pod.Routes, mtu)
 	if err != nil {
-		_ = podnet.Detach(s.host, cfg.Conf.Name, args.ContainerID, args.IfName)
 		return err
 	}
 	success = true
 	return types.PrintResult(result, cfg.Conf.CNIVersion)
 }
 
+// rollback undoes a failed ADD: it removes the attachment's veth, then
+// releases its addresses. A veth it cannot remove keeps them allocated until
+// a DEL or GC succeeds.
+func (s *session) rollback() {
+	if podnet.Detach(s.host, s.cfg.Conf.Name, s.owner.ContainerID, s.owner.IfName) == nil {
+		_ = s.alloc.Release(s.owner)
+	}
+}
+
+// cmdDel removes the attachment's veth, then releases its addresses. When
+// the veth cannot be removed the addresses stay allocated, so that no other
+// pod gets them while it exists, and DEL fails for the runtime to retry. A
+// missing namespace or link is not an error (the veth went with it).
 func cmdDel(args *skel.CmdArgs) error {
 	s, err := open(args, false)
 	if err != nil {
 		return err
 	}
 	defer s.close()
-	detachErr := podnet.Detach(s.host, s.cfg.Conf.Name, args.ContainerID, args.IfName)
-	if err := s.alloc.Release(s.owner); err != nil {
-		return types.NewError(ErrIPAMStoreFailure, "release addresses", errors.Join(detachErr, err).Error())
+	if err := podnet.Detach(s.host, s.cfg.Conf.Name, args.ContainerID, args.IfName); err != nil {
+		return types.NewError(ErrDatapathFailure, "remove pod interfaces (addresses kept until a DEL succeeds)", err.Error())
 	}
-	if detachErr != nil {
-		return types.NewError(ErrDatapathFailure, "remove pod interfaces", detachErr.Error())
+	if err := s.alloc.Release(s.owner); err != nil {
+		return types.NewError(ErrIPAMStoreFailure, "release addresses", err.Error())
 	}
 	return nil
 }

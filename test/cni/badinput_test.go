@@ -1,12 +1,10 @@
 package cni_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,26 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/flatnet-io/flatnet/internal/cni"
-	"github.com/flatnet-io/flatnet/internal/netns"
 )
-
-// execPlugin runs flatnet-cni by hand inside the node, as a runtime would,
-// and returns its stdout and whether it failed.
-func (n *node) execPlugin(t *testing.T, env map[string]string, stdin string) ([]byte, error) {
-	t.Helper()
-	var stdout bytes.Buffer
-	err := netns.Do(n.ns, func() error {
-		cmd := exec.Command(filepath.Join(pluginDir, "flatnet-cni"))
-		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-		for k, v := range env {
-			cmd.Env = append(cmd.Env, k+"="+v)
-		}
-		cmd.Stdin = strings.NewReader(stdin)
-		cmd.Stdout = &stdout
-		return cmd.Run()
-	})
-	return stdout.Bytes(), err
-}
 
 // Every kind of bad input gets a CNI error with the spec's code on stdout,
 // and leaves no interface or IPAM record behind.
