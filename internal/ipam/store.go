@@ -39,7 +39,7 @@ type CorruptError struct {
 }
 
 func (e *CorruptError) Error() string {
-	return fmt.Sprintf("IPAM store corrupt: %s: %s; refusing to use it (see package ipam for recovery)", e.Path, e.Reason)
+	return fmt.Sprintf("IPAM store corrupt: %s: %s; refusing to use it (with no pod of this network left on the node, removing state.0 and state.1 starts it empty)", e.Path, e.Reason)
 }
 
 // Is makes errors.Is(err, ErrCorrupt) true.
