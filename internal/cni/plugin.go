@@ -10,10 +10,18 @@
 //     through a netlink handle opened on the pod's namespace.
 //   - ADD is idempotent per (containerID, ifname): a repeated ADD after a
 //     crash gets the same address and replaces its own half-made veth. Any
-//     failure after the address is allocated releases it and removes the veth.
-//   - DEL tolerates a missing namespace, link or allocation, so it can be
-//     repeated. GC releases every allocation and host veth of this network
-//     whose owner is not in cni.dev/valid-attachments.
+//     failure after the address is allocated removes the veth, then releases
+//     the address.
+//   - An address stays allocated while its attachment's veth exists: a DEL
+//     (or a failed ADD) that cannot remove the veth keeps the address and
+//     fails, and the runtime retries. DEL tolerates a missing namespace, link
+//     or allocation, so it can be repeated. GC releases every allocation and
+//     host veth of this network whose owner is not in
+//     cni.dev/valid-attachments.
+//   - Errors carry the spec's codes where it has one (4 for an attachment
+//     the IPAM store cannot record, 5 for a store that cannot be read or
+//     written, corrupt included, 50 from STATUS) and the plugin's own from
+//     100 up otherwise.
 //   - The kernel state left behind is described in package podnet, the disk
 //     state in package ipam.
 package cni
@@ -21,7 +29,9 @@ package cni
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"os"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -77,7 +87,7 @@ func open(args *skel.CmdArgs, withPod bool) (*session, error) {
 	}
 	s := &session{cfg: cfg, owner: ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName}, podNS: -1}
 	if s.host, err = netlink.NewHandle(); err != nil {
-		return nil, fmt.Errorf("open netlink: %w", err)
+		return nil, types.NewError(ErrDatapathFailure, "open netlink", err.Error())
 	}
 	if withPod {
 		if s.podNS, err = netns.GetFromPath(args.Netns); err != nil {
@@ -88,14 +98,22 @@ func open(args *skel.CmdArgs, withPod bool) (*session, error) {
 		}
 		if s.pod, err = netlink.NewHandleAt(s.podNS); err != nil {
 			s.close()
-			return nil, fmt.Errorf("open netlink in %s: %w", args.Netns, err)
+			return nil, types.NewError(ErrDatapathFailure, "open netlink in "+args.Netns, err.Error())
 		}
 	}
-	if s.alloc, err = ipam.New(cfg.IPAM); err != nil {
+	if s.alloc, err = openIPAM(cfg); err != nil {
 		s.close()
 		return nil, types.NewError(ErrIPAMStoreFailure, "open IPAM store", err.Error())
 	}
 	return s, nil
+}
+
+// openIPAM opens the IPAM store of cfg's network; the store's warnings go
+// to stderr, which the runtime keeps in its log.
+func openIPAM(cfg *Config) (*ipam.Allocator, error) {
+	c := cfg.IPAM
+	c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("plugin", "flatnet-cni", "network", cfg.Conf.Name)
+	return ipam.New(c)
 }
 
 func (s *session) close() {
@@ -135,12 +153,12 @@ func cmdAdd(args *skel.CmdArgs) error {
 
 	allocs, err := s.alloc.Allocate(s.owner, cfg.RequestedIPs)
 	if err != nil {
-		return ipamError(err)
+		return ipamError("allocate addresses", err)
 	}
 	success := false
 	defer func() {
 		if !success {
-			_ = s.alloc.Release(s.owner)
+			s.rollback()
 		}
 	}()
 
@@ -166,25 +184,36 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	result, err := buildResult(cfg, args, att, allocs, pod.Routes, mtu)
 	if err != nil {
-		_ = podnet.Detach(s.host, cfg.Conf.Name, args.ContainerID, args.IfName)
 		return err
 	}
 	success = true
 	return types.PrintResult(result, cfg.Conf.CNIVersion)
 }
 
+// rollback undoes a failed ADD: it removes the attachment's veth, then
+// releases its addresses. A veth it cannot remove keeps them allocated until
+// a DEL or GC succeeds.
+func (s *session) rollback() {
+	if podnet.Detach(s.host, s.cfg.Conf.Name, s.owner.ContainerID, s.owner.IfName) == nil {
+		_ = s.alloc.Release(s.owner)
+	}
+}
+
+// cmdDel removes the attachment's veth, then releases its addresses. When
+// the veth cannot be removed the addresses stay allocated, so that no other
+// pod gets them while it exists, and DEL fails for the runtime to retry. A
+// missing namespace or link is not an error (the veth went with it).
 func cmdDel(args *skel.CmdArgs) error {
 	s, err := open(args, false)
 	if err != nil {
 		return err
 	}
 	defer s.close()
-	detachErr := podnet.Detach(s.host, s.cfg.Conf.Name, args.ContainerID, args.IfName)
-	if err := s.alloc.Release(s.owner); err != nil {
-		return types.NewError(ErrIPAMStoreFailure, "release addresses", errors.Join(detachErr, err).Error())
+	if err := podnet.Detach(s.host, s.cfg.Conf.Name, args.ContainerID, args.IfName); err != nil {
+		return types.NewError(ErrDatapathFailure, "remove pod interfaces (addresses kept until a DEL succeeds)", err.Error())
 	}
-	if detachErr != nil {
-		return types.NewError(ErrDatapathFailure, "remove pod interfaces", detachErr.Error())
+	if err := s.alloc.Release(s.owner); err != nil {
+		return ipamError("release addresses", err)
 	}
 	return nil
 }
@@ -199,14 +228,25 @@ func gateways(cfg *Config) []netip.Prefix {
 	return out
 }
 
-func ipamError(err error) error {
+// ipamError turns a failed IPAM operation op into a CNI error: the spec's
+// 4 for an owner (CNI_CONTAINERID, CNI_IFNAME) the store cannot record and 5
+// for a store that cannot be read or written (a corrupt one names the file in
+// the message); the plugin's own codes for an exhausted range or a
+// conflicting request.
+func ipamError(op string, err error) error {
 	var exhausted *ipam.ExhaustedError
 	var conflict *ipam.ConflictError
+	var owner *ipam.InvalidOwnerError
+	var corrupt *ipam.CorruptError
 	switch {
 	case errors.As(err, &exhausted):
 		return types.NewError(ErrRangeExhausted, err.Error(), "")
 	case errors.As(err, &conflict):
 		return types.NewError(ErrAddressConflict, err.Error(), "")
+	case errors.As(err, &owner):
+		return types.NewError(types.ErrInvalidEnvironmentVariables, op+": "+err.Error(), "")
+	case errors.As(err, &corrupt):
+		return types.NewError(ErrIPAMStoreFailure, op+": "+err.Error(), "")
 	}
-	return types.NewError(ErrIPAMStoreFailure, "allocate addresses", err.Error())
+	return types.NewError(ErrIPAMStoreFailure, op, err.Error())
 }

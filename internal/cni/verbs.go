@@ -38,7 +38,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	}
 	held, err := s.alloc.Lookup(s.owner)
 	if err != nil {
-		return types.NewError(ErrIPAMStoreFailure, "read IPAM store", err.Error())
+		return ipamError("read IPAM store", err)
 	}
 	for _, p := range want.Addresses {
 		if !slices.ContainsFunc(held, func(a ipam.Allocation) bool { return a.Addr == p.Addr() }) {
@@ -53,7 +53,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 
 // cmdGC releases every allocation and host veth of this network that does not
 // belong to an attachment in cni.dev/valid-attachments. It goes on past
-// errors and reports them together.
+// errors and reports them together, with the code of the first.
 func cmdGC(args *skel.CmdArgs) error {
 	cfg, err := ParseConfig(args.StdinData)
 	if err != nil {
@@ -68,30 +68,35 @@ func cmdGC(args *skel.CmdArgs) error {
 	for _, a := range cfg.Conf.ValidAttachments {
 		valid[ipam.Owner{ContainerID: a.ContainerID, IfName: a.IfName}] = true
 	}
-	alloc, err := ipam.New(cfg.IPAM)
-	if err != nil {
-		return types.NewError(ErrIPAMStoreFailure, "open IPAM store", err.Error())
-	}
-	defer alloc.Close()
-
-	var errs []error
-	if _, err := alloc.GC(func(o ipam.Owner) bool { return valid[o] }); err != nil {
-		errs = append(errs, fmt.Errorf("release stale addresses: %w", err))
-	}
-	host, err := netlink.NewHandle()
-	if err != nil {
-		errs = append(errs, fmt.Errorf("open netlink: %w", err))
-	} else {
-		defer host.Close()
-		keep := func(cid, ifname string) bool { return valid[ipam.Owner{ContainerID: cid, IfName: ifname}] }
-		if _, err := podnet.RemoveStrayVeths(host, cfg.Conf.Name, keep); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return types.NewError(ErrIPAMStoreFailure, "garbage collection incomplete", err.Error())
+	ipamErr := gcAddresses(cfg, func(o ipam.Owner) bool { return valid[o] })
+	vethErr := gcVeths(cfg.Conf.Name, func(cid, ifname string) bool { return valid[ipam.Owner{ContainerID: cid, IfName: ifname}] })
+	switch {
+	case ipamErr != nil:
+		return ipamError("garbage collection: release stale addresses", errors.Join(ipamErr, vethErr))
+	case vethErr != nil:
+		return types.NewError(ErrDatapathFailure, "garbage collection: remove stray host veths", vethErr.Error())
 	}
 	return nil
+}
+
+func gcAddresses(cfg *Config, valid func(ipam.Owner) bool) error {
+	alloc, err := openIPAM(cfg)
+	if err != nil {
+		return err
+	}
+	defer alloc.Close()
+	_, err = alloc.GC(valid)
+	return err
+}
+
+func gcVeths(network string, keep func(cid, ifname string) bool) error {
+	host, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("open netlink: %w", err)
+	}
+	defer host.Close()
+	_, err = podnet.RemoveStrayVeths(host, network, keep)
+	return err
 }
 
 // cmdStatus succeeds only when the configuration is valid and the IPAM store
@@ -105,7 +110,7 @@ func cmdStatus(args *skel.CmdArgs) error {
 	if err != nil {
 		return notAvailable("invalid network configuration", err)
 	}
-	alloc, err := ipam.New(cfg.IPAM)
+	alloc, err := openIPAM(cfg)
 	if err != nil {
 		return notAvailable("IPAM store unusable", err)
 	}

@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ type Config struct {
 	DataDir  string
 	Sets     []RangeSet // canonicalized (see Canonicalize)
 	Reserved []netip.Addr
+	Log      *slog.Logger // the store's warnings; nil discards them
 }
 
 // Allocation is one address handed to an attachment.
@@ -54,7 +56,7 @@ type Allocator struct {
 
 // New opens the store of cfg.Network under cfg.DataDir.
 func New(cfg Config) (*Allocator, error) {
-	s, err := OpenStore(cfg.DataDir, cfg.Network)
+	s, err := OpenStore(cfg.DataDir, cfg.Network, cfg.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -88,8 +90,12 @@ func (a *Allocator) update(fn func(st *State) (changed bool, err error)) error {
 // Allocate gives owner o one address from every range set. It is idempotent:
 // an owner that already holds an address in a set gets that same address
 // again. requested lists addresses the runtime asked for (the "ips"
-// capability); each must lie in one set. On error nothing is changed.
+// capability); each must lie in one set. An owner the store cannot carry
+// (see Owner.Validate) is an *InvalidOwnerError. On error nothing is changed.
 func (a *Allocator) Allocate(o Owner, requested []netip.Addr) ([]Allocation, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
 	var out []Allocation
 	err := a.update(func(st *State) (bool, error) {
 		want := make(map[int]netip.Addr)

@@ -1,101 +1,131 @@
 package ipam
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
-	"net/netip"
+	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
-// Owner identifies an attachment: the runtime's (containerID, ifname) pair,
-// the same key CNI GC uses for its valid-attachments list.
-type Owner struct {
-	ContainerID string
-	IfName      string
-}
-
-func (o Owner) String() string { return o.ContainerID + ":" + o.IfName }
-
-// parseOwner reads the form written by Owner.String. Container IDs may not
-// contain ':' (CNI spec) and Linux interface names cannot, so it is unambiguous.
-func parseOwner(s string) (Owner, bool) {
-	cid, ifname, ok := strings.Cut(s, ":")
-	if !ok || cid == "" || ifname == "" {
-		return Owner{}, false
-	}
-	return Owner{ContainerID: cid, IfName: ifname}, true
-}
-
-// Claim is one allocated address.
-type Claim struct {
-	Owner Owner
-	Set   int // index of the range set it came from
-}
-
-// State is the whole allocation state of one network.
-type State struct {
-	Generation uint64
-	Claims     map[netip.Addr]Claim
-	Cursors    map[int]netip.Addr // round-robin cursor per range set
-}
-
-func newState() *State {
-	return &State{Claims: map[netip.Addr]Claim{}, Cursors: map[int]netip.Addr{}}
-}
-
-// Held returns the address owner o holds in range set set.
-func (st *State) Held(o Owner, set int) (netip.Addr, bool) {
-	for a, c := range st.Claims {
-		if c.Owner == o && c.Set == set {
-			return a, true
-		}
-	}
-	return netip.Addr{}, false
-}
-
-// Store keeps a State on disk in two slots, state.0 and state.1, each
-// "generation, records, checksum". A save writes the slot that does not hold
-// the newest valid state; a load takes the valid slot with the higher
-// generation. See the package doc for why this is crash-safe.
+// Store keeps a State on disk in two slots, state.0 and state.1. Generation
+// g is written to slot (g-1) mod 2 in three fsynced steps: an intent header,
+// the body, a commit header. See the package doc for why a load can always
+// tell a torn write from damage.
 type Store struct {
-	dir     string
-	lock    *os.File
-	slots   [2]*os.File
-	current int // slot holding the state returned by the last Load; -1 none
+	dir    string
+	log    *slog.Logger
+	sync   func(*os.File) error // fsync; tests record the calls
+	lock   *os.File
+	slots  [2]*os.File
+	loaded bool   // Load succeeded and no Save failed since
+	gen    uint64 // the newest committed generation, as of the last Load or Save
 }
 
-// OpenStore creates the store's directory and files when missing. It does
-// not take the lock.
-func OpenStore(dataDir, network string) (*Store, error) {
+// ErrCorrupt is matched (errors.Is) by every *CorruptError.
+var ErrCorrupt = errors.New("IPAM store corrupt")
+
+// CorruptError says that a state file holds what no crash can leave: the
+// store refuses to work rather than risk handing out an address twice.
+type CorruptError struct {
+	Path   string // the state file
+	Reason string
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("IPAM store corrupt: %s: %s; refusing to use it (with no pod of this network left on the node, removing state.0 and state.1 starts it empty)", e.Path, e.Reason)
+}
+
+// Is makes errors.Is(err, ErrCorrupt) true.
+func (e *CorruptError) Is(target error) bool { return target == ErrCorrupt }
+
+// OpenStore creates the store's directory and files when missing, fsyncing
+// the directories whose entries it created. It does not take the lock. A nil
+// log discards the store's messages.
+func OpenStore(dataDir, network string, log *slog.Logger) (*Store, error) {
+	return openStore(dataDir, network, log, (*os.File).Sync)
+}
+
+func openStore(dataDir, network string, log *slog.Logger, sync func(*os.File) error) (*Store, error) {
 	if network == "" || strings.ContainsAny(network, "/\x00") || network == "." || network == ".." {
 		return nil, fmt.Errorf("invalid network name %q for the IPAM store", network)
 	}
-	dir := filepath.Join(dataDir, network)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{dir: filepath.Join(dataDir, network), log: log, sync: sync}
+	if err := s.mkdir(); err != nil {
 		return nil, fmt.Errorf("create IPAM store: %w", err)
 	}
-	s := &Store{dir: dir, current: -1}
-	var err error
-	if s.lock, err = os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
-		return nil, fmt.Errorf("open IPAM lock: %w", err)
-	}
-	for i := range s.slots {
-		if s.slots[i], err = os.OpenFile(filepath.Join(dir, "state."+strconv.Itoa(i)), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+	created := false
+	for i, name := range []string{"lock", "state.0", "state.1"} {
+		f, made, err := openOrCreate(filepath.Join(s.dir, name))
+		if err != nil {
 			_ = s.Close()
-			return nil, fmt.Errorf("open IPAM state: %w", err)
+			return nil, fmt.Errorf("open IPAM store: %w", err)
+		}
+		if i == 0 {
+			s.lock = f
+		} else {
+			s.slots[i-1] = f
+		}
+		created = created || made
+	}
+	if created {
+		if err := s.syncDir(s.dir); err != nil {
+			_ = s.Close()
+			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// mkdir creates the store's directory and missing parents, and fsyncs the
+// parent of each one it created.
+func (s *Store) mkdir() error {
+	var missing []string
+	for d := s.dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil || !errors.Is(err, fs.ErrNotExist) || d == filepath.Dir(d) {
+			break
+		}
+		missing = append(missing, d)
+	}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return err
+	}
+	for _, d := range missing {
+		if err := s.syncDir(filepath.Dir(d)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func openOrCreate(path string) (f *os.File, created bool, err error) {
+	f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		f, err = os.OpenFile(path, os.O_RDWR, 0)
+		return f, false, err
+	}
+	return f, err == nil, err
+}
+
+func (s *Store) syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := s.sync(d); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
 }
 
 // Dir is the directory holding this network's state.
@@ -130,149 +160,117 @@ func (s *Store) Close() error {
 	return errors.Join(errs...)
 }
 
-// ErrCorrupt says that neither slot holds a valid state although one was
-// written: the store must not be used until an operator looks at it.
-var ErrCorrupt = errors.New("IPAM store corrupt: no valid state in state.0 or state.1")
-
-// Load reads the newest valid state. Call it under the lock.
+// Load returns the newest committed state. Call it under the lock. Slots
+// that no sequence of crashes can leave make it fail with a *CorruptError.
 func (s *Store) Load() (*State, error) {
-	var best *State
-	s.current = -1
-	written := false
+	s.loaded = false
+	var slots [2]slot
 	for i, f := range s.slots {
 		data, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<30))
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", f.Name(), err)
 		}
-		if len(data) == 0 {
-			continue
-		}
-		written = true
-		st, err := decode(data)
-		if err != nil {
-			continue // torn or damaged: the other slot has the previous state
-		}
-		if best == nil || st.Generation > best.Generation {
-			best, s.current = st, i
+		if slots[i], err = parseSlot(i, data); err != nil {
+			return nil, s.corrupt(i, err.Error())
 		}
 	}
-	if best == nil {
-		if written {
-			return nil, ErrCorrupt
-		}
-		return newState(), nil
+	st, err := s.newest(slots)
+	if err != nil {
+		return nil, err
 	}
-	return best, nil
+	s.loaded, s.gen = true, st.Generation
+	return st, nil
 }
 
-// Save writes st as the next generation into the slot not holding the
-// current state. Call it under the lock, after Load.
+// newest picks the newest committed slot and checks that the other one is
+// what the protocol leaves beside it: the previous generation, nothing (only
+// beside generation 1), or a torn write of the next generation.
+func (s *Store) newest(slots [2]slot) (*State, error) {
+	n := 0
+	if slots[1].kind == slotCommitted && (slots[0].kind != slotCommitted || slots[1].gen > slots[0].gen) {
+		n = 1
+	}
+	newest, other := slots[n], slots[1-n]
+	if newest.kind != slotCommitted {
+		return s.uncommitted(slots)
+	}
+	g := newest.gen
+	switch {
+	case other.kind == slotCommitted && other.gen == g-1, other.kind == slotEmpty && g == 1:
+		return newest.state, nil
+	case other.kind == slotIntent && other.gen == g+1:
+		s.log.Info("IPAM store: a write was torn before it committed; using the generation before it",
+			"file", s.slots[1-n].Name(), "torn", other.gen, "committed", g)
+		return newest.state, nil
+	}
+	return nil, s.corrupt(1-n, fmt.Sprintf("holds %s beside %s in %s", other, newest, filepath.Base(s.slots[n].Name())))
+}
+
+// uncommitted handles stores where no generation was ever committed.
+func (s *Store) uncommitted(slots [2]slot) (*State, error) {
+	switch {
+	case slots[0].kind == slotEmpty && slots[1].kind == slotEmpty:
+		return newState(), nil
+	case slots[0].kind == slotIntent && slots[0].gen == 1 && slots[1].kind == slotEmpty:
+		s.log.Warn("IPAM store: the very first write was torn and no generation was ever committed; starting empty",
+			"file", s.slots[0].Name())
+		return newState(), nil
+	}
+	i := 0
+	if slots[0].kind == slotEmpty {
+		i = 1
+	}
+	return nil, s.corrupt(i, fmt.Sprintf("holds %s, and no generation is committed", slots[i]))
+}
+
+func (s *Store) corrupt(i int, reason string) error {
+	return &CorruptError{Path: s.slots[i].Name(), Reason: reason}
+}
+
+// Save commits st as the next generation. Call it under the lock, after
+// Load. It writes the slot not holding the newest committed state in three
+// steps, each fsynced before the next begins: an intent header (from now on
+// the slot's old content is known to be superseded), the body, and the commit
+// header. It returns once the commit is durable.
 func (s *Store) Save(st *State) error {
-	st.Generation++
-	target := s.slots[(s.current+1+2)%2]
-	if s.current < 0 {
-		target = s.slots[0]
+	if !s.loaded {
+		return errors.New("IPAM store: Save without a successful Load")
 	}
-	data := encode(st)
-	if _, err := target.WriteAt(data, 0); err != nil {
-		return fmt.Errorf("write %s: %w", target.Name(), err)
+	if err := st.check(); err != nil {
+		return fmt.Errorf("refusing to write a state that cannot be read back: %w", err)
 	}
-	if err := target.Truncate(int64(len(data))); err != nil {
-		return fmt.Errorf("truncate %s: %w", target.Name(), err)
+	s.loaded = false
+	gen := s.gen + 1
+	f := s.slots[(gen-1)%2]
+	body := encodeBody(st)
+	h := header{phase: phaseIntent, gen: gen, bodyLen: len(body), bodyCRC: crc32.ChecksumIEEE(body)}
+	if err := s.write(f, 0, h.encode(), false); err != nil {
+		return err
 	}
-	if target == s.slots[0] {
-		s.current = 0
-	} else {
-		s.current = 1
+	if err := s.write(f, int64(headerSize), body, true); err != nil {
+		return err
 	}
+	h.phase = phaseCommit
+	if err := s.write(f, 0, h.encode(), false); err != nil {
+		return err
+	}
+	st.Generation, s.gen, s.loaded = gen, gen, true
 	return nil
 }
 
-const header = "flatnet-ipam v1\n"
-
-// encode renders a state as text: one record a line, then "end <crc32>" over
-// everything before it. Lines are sorted so that a diff of two states is
-// readable.
-func encode(st *State) []byte {
-	var b bytes.Buffer
-	b.WriteString(header)
-	fmt.Fprintf(&b, "generation %d\n", st.Generation)
-	sets := make([]int, 0, len(st.Cursors))
-	for set := range st.Cursors {
-		sets = append(sets, set)
+// write writes data at off, cuts the file after it when truncate is set,
+// and fsyncs.
+func (s *Store) write(f *os.File, off int64, data []byte, truncate bool) error {
+	if _, err := f.WriteAt(data, off); err != nil {
+		return fmt.Errorf("write %s: %w", f.Name(), err)
 	}
-	slices.Sort(sets)
-	for _, set := range sets {
-		fmt.Fprintf(&b, "cursor %d %s\n", set, st.Cursors[set])
-	}
-	addrs := make([]netip.Addr, 0, len(st.Claims))
-	for a := range st.Claims {
-		addrs = append(addrs, a)
-	}
-	slices.SortFunc(addrs, func(x, y netip.Addr) int { return x.Compare(y) })
-	for _, a := range addrs {
-		c := st.Claims[a]
-		fmt.Fprintf(&b, "claim %s %d %s\n", a, c.Set, c.Owner)
-	}
-	fmt.Fprintf(&b, "end %08x\n", crc32.ChecksumIEEE(b.Bytes()))
-	return b.Bytes()
-}
-
-func decode(data []byte) (*State, error) {
-	st := newState()
-	if !bytes.HasPrefix(data, []byte(header)) {
-		return nil, errors.New("bad header")
-	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 4096), len(data)+1)
-	offset := 0
-	for sc.Scan() {
-		line := sc.Text()
-		f := strings.Fields(line)
-		if len(f) == 2 && f[0] == "end" {
-			want := fmt.Sprintf("%08x", crc32.ChecksumIEEE(data[:offset]))
-			if f[1] != want {
-				return nil, errors.New("checksum mismatch")
-			}
-			return st, nil // bytes after the end line are a longer old state's tail
-		}
-		offset += len(line) + 1
-		if err := decodeLine(st, f); err != nil {
-			return nil, fmt.Errorf("line %q: %w", line, err)
+	if truncate {
+		if err := f.Truncate(off + int64(len(data))); err != nil {
+			return fmt.Errorf("truncate %s: %w", f.Name(), err)
 		}
 	}
-	return nil, errors.New("no end line")
-}
-
-func decodeLine(st *State, f []string) error {
-	var err error
-	switch {
-	case len(f) == 2 && f[0] == "flatnet-ipam":
-	case len(f) == 2 && f[0] == "generation":
-		st.Generation, err = strconv.ParseUint(f[1], 10, 64)
-	case len(f) == 3 && f[0] == "cursor":
-		var set int
-		var a netip.Addr
-		if set, err = strconv.Atoi(f[1]); err == nil {
-			a, err = netip.ParseAddr(f[2])
-			st.Cursors[set] = a
-		}
-	case len(f) == 4 && f[0] == "claim":
-		var a netip.Addr
-		var set int
-		if a, err = netip.ParseAddr(f[1]); err != nil {
-			return err
-		}
-		if set, err = strconv.Atoi(f[2]); err != nil {
-			return err
-		}
-		o, ok := parseOwner(f[3])
-		if !ok {
-			return errors.New("bad owner")
-		}
-		st.Claims[a] = Claim{Owner: o, Set: set}
-	default:
-		return errors.New("unknown record")
+	if err := s.sync(f); err != nil {
+		return fmt.Errorf("fsync %s: %w", f.Name(), err)
 	}
-	return err
+	return nil
 }

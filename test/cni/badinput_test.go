@@ -1,39 +1,19 @@
 package cni_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/flatnet-io/flatnet/internal/cni"
-	"github.com/flatnet-io/flatnet/internal/netns"
 )
-
-// execPlugin runs flatnet-cni by hand inside the node, as a runtime would,
-// and returns its stdout and whether it failed.
-func (n *node) execPlugin(t *testing.T, env map[string]string, stdin string) ([]byte, error) {
-	t.Helper()
-	var stdout bytes.Buffer
-	err := netns.Do(n.ns, func() error {
-		cmd := exec.Command(filepath.Join(pluginDir, "flatnet-cni"))
-		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-		for k, v := range env {
-			cmd.Env = append(cmd.Env, k+"="+v)
-		}
-		cmd.Stdin = strings.NewReader(stdin)
-		cmd.Stdout = &stdout
-		return cmd.Run()
-	})
-	return stdout.Bytes(), err
-}
 
 // Every kind of bad input gets a CNI error with the spec's code on stdout,
 // and leaves no interface or IPAM record behind.
@@ -141,4 +121,39 @@ func TestStatus(t *testing.T) {
 	if err := json.Unmarshal(out, &v); err != nil || strings.Join(v.SupportedVersions, ",") != "0.3.0,0.3.1,0.4.0,1.0.0,1.1.0" {
 		t.Fatalf("VERSION: %s", out)
 	}
+}
+
+// A damaged IPAM store: ADD fails with code 5 and a message naming the file,
+// STATUS answers 50, and nothing is attached; once the file is repaired the
+// plugin works again.
+func TestCorruptStoreIsReported(t *testing.T) {
+	n := newNode(t, "1.1.0", flatnetConf)
+	a, b := n.pod("a"), n.pod("b")
+	n.add(a) // generation 1, in state.0
+	slot := filepath.Join(n.dataDir, "fntest", "state.0")
+	good, err := os.ReadFile(slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := slices.Clone(good)
+	bad[len(bad)-3] ^= 1 // one bit of the claim's owner
+	if err := os.WriteFile(slot, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = n.rt.Add(context.Background(), b)
+	if e := cniError(t, err); e.Code != types.ErrIOFailure || !strings.Contains(e.Msg, slot) {
+		t.Fatalf("ADD with a corrupt store: code %d %q, want %d naming %s", e.Code, e.Msg, types.ErrIOFailure, slot)
+	}
+	if e := cniError(t, n.rt.Status(context.Background())); e.Code != types.ErrPluginNotAvailable {
+		t.Fatalf("STATUS with a corrupt store: code %d %q", e.Code, e.Msg)
+	}
+	if v := n.pluginVeths(); len(v) != 1 {
+		t.Fatalf("host veths after the refused ADD: %v", v)
+	}
+	if err := os.WriteFile(slot, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.del(b)
+	n.del(a)
+	n.assertClean()
 }

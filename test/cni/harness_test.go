@@ -5,12 +5,15 @@
 package cni_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -148,6 +151,45 @@ func (n *node) del(p cniruntime.Pod) {
 	if err := n.rt.Del(context.Background(), p); err != nil {
 		n.t.Fatalf("DEL %s: %v", p.Name, err)
 	}
+}
+
+// pluginCmd is flatnet-cni run by hand as a runtime would run it, with env
+// as its whole CNI environment; wrap prefixes the command line (for example
+// "setpriv ... --").
+func pluginCmd(env map[string]string, stdin string, wrap ...string) *exec.Cmd {
+	argv := append(slices.Clone(wrap), filepath.Join(pluginDir, "flatnet-cni"))
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Stdin = strings.NewReader(stdin)
+	return cmd
+}
+
+// start starts cmd inside the node's namespace; the child stays there.
+func (n *node) start(cmd *exec.Cmd) error {
+	return netns.Do(n.ns, cmd.Start)
+}
+
+// execPlugin runs flatnet-cni by hand inside the node and returns its stdout
+// and whether it failed.
+func (n *node) execPlugin(t *testing.T, env map[string]string, stdin string, wrap ...string) ([]byte, error) {
+	t.Helper()
+	var stdout bytes.Buffer
+	cmd := pluginCmd(env, stdin, wrap...)
+	cmd.Stdout = &stdout
+	if err := n.start(cmd); err != nil {
+		return nil, err
+	}
+	err := cmd.Wait()
+	return stdout.Bytes(), err
+}
+
+// pluginStdin is the network configuration flatnetConf gives the plugin
+// through libcni, for tests that run the plugin by hand.
+func pluginStdin(dataDir string) string {
+	return `{"cniVersion": "1.1.0", "name": "fntest", ` + strings.TrimPrefix(flatnetConf(dataDir), "{")
 }
 
 // handle is a netlink handle on the node's namespace.

@@ -2,17 +2,21 @@ package cni_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 
 	"github.com/flatnet-io/flatnet/internal/cni"
 	"github.com/flatnet-io/flatnet/internal/ipam"
+	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/podnet"
 	"github.com/flatnet-io/flatnet/internal/probe"
 )
@@ -165,6 +169,8 @@ func mustLink(t *testing.T, h *netlink.Handle, name string) netlink.Link {
 	return l
 }
 
+// DEL succeeds and releases the addresses when the namespace or the link is
+// already gone (CNI spec: DEL tolerates missing things).
 func TestDelToleratesMissingNamespace(t *testing.T) {
 	n := newNode(t, "1.1.0", flatnetConf)
 	p := n.pod("gone")
@@ -173,6 +179,20 @@ func TestDelToleratesMissingNamespace(t *testing.T) {
 	n.del(p)
 	p.NetNS = ""
 	n.del(p)
+	n.assertClean()
+
+	deleted, unlinked := n.pod("deleted"), n.pod("unlinked")
+	n.add(deleted)
+	n.add(unlinked)
+	if err := netns.Delete(n.name + "-deleted"); err != nil { // the veth pair goes with it
+		t.Fatal(err)
+	}
+	h := n.handle()
+	if err := h.LinkDel(mustLink(t, h, podnet.HostVethName("fntest", unlinked.ID, "eth0"))); err != nil {
+		t.Fatal(err)
+	}
+	n.del(deleted)
+	n.del(unlinked)
 	n.assertClean()
 }
 
@@ -242,4 +262,31 @@ func TestAddRefusesForeignInterface(t *testing.T) {
 	if _, err := h.LinkByName("eth0"); err != nil {
 		t.Fatalf("the foreign eth0 was removed: %v", err)
 	}
+}
+
+// A DEL that cannot remove the pod's interface (here: the plugin runs
+// without CAP_NET_ADMIN) fails and keeps the addresses, so that no other pod
+// gets them while the interface lives; the runtime's retry releases them.
+func TestDelKeepsAddressesWhileInterfaceRemains(t *testing.T) {
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("needs setpriv (util-linux) to run the plugin without CAP_NET_ADMIN")
+	}
+	n := newNode(t, "1.1.0", flatnetConf)
+	p := n.pod("a")
+	ip := podIP(t, n.add(p))
+	env := map[string]string{"CNI_COMMAND": "DEL", "CNI_CONTAINERID": p.ID, "CNI_NETNS": p.NetNS, "CNI_IFNAME": "eth0", "CNI_PATH": pluginDir}
+	out, err := n.execPlugin(t, env, pluginStdin(n.dataDir), setpriv, "--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--")
+	var e types.Error
+	if err == nil || json.Unmarshal(out, &e) != nil || e.Code != cni.ErrDatapathFailure {
+		t.Fatalf("DEL without CAP_NET_ADMIN: err %v, out %s; want code %d", err, out, cni.ErrDatapathFailure)
+	}
+	if v := n.pluginVeths(); len(v) != 1 {
+		t.Fatalf("host veths after the failed DEL: %v", v)
+	}
+	if r := n.records(); len(r) != 1 || r[0] != ip+" "+p.ID+":eth0" {
+		t.Fatalf("IPAM records after the failed DEL: %v, want %s kept for %s", r, ip, p.ID)
+	}
+	n.del(p)
+	n.assertClean()
 }
