@@ -19,19 +19,8 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	if err := enableBridgeNetfilter(); err != nil {
 		a.log.Warn("bridged traffic will not see the proxy's rules", "err", err)
 	}
-	// One proxier per family of the cluster, as kube-proxy runs on a
-	// dual-stack node; every event goes to each, and each keeps what is of
-	// its family.
-	for _, cidr := range a.o.ClusterCIDRs {
-		fam := proxy.FamilyOf(cidr.Addr())
-		nft, err := proxy.NewNFTables(fam)
-		if err != nil {
-			return fmt.Errorf("service proxy: %w", err)
-		}
-		p := proxy.New(proxy.Config{Family: fam, NodeName: a.o.NodeName, NodeZone: zone, ClusterCIDR: cidr, MasqueradeAll: a.o.MasqueradeAll, Events: a.events},
-			nft, proxy.KernelConntrack{Family: fam}, a.log.With("component", "proxy", "family", fam.String()))
-		p.Metrics().Register(a.registry)
-		a.proxiers = append(a.proxiers, p)
+	if err := a.newProxiers(zone); err != nil {
+		return err
 	}
 	all := func(f func(p *proxy.Proxier)) {
 		for _, p := range a.proxiers {
@@ -76,6 +65,25 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	}
 	for _, p := range a.proxiers {
 		go p.Run(ctx)
+	}
+	return nil
+}
+
+// newProxiers makes one proxier per family of the cluster, as kube-proxy
+// runs on a dual-stack node; every event goes to each, and each keeps what
+// is of its family.
+func (a *Agent) newProxiers(zone string) error {
+	for _, cidr := range a.o.ClusterCIDRs {
+		fam := proxy.FamilyOf(cidr.Addr())
+		nft, err := proxy.NewNFTables(fam)
+		if err != nil {
+			return fmt.Errorf("service proxy: %w", err)
+		}
+		cfg := proxy.Config{Family: fam, NodeName: a.o.NodeName, NodeZone: zone, ClusterCIDR: cidr,
+			MasqueradeAll: a.o.MasqueradeAll, Events: a.events}
+		p := proxy.New(cfg, nft, proxy.KernelConntrack{Family: fam}, a.log.With("component", "proxy", "family", fam.String()))
+		p.Metrics().Register(a.registry)
+		a.proxiers = append(a.proxiers, p)
 	}
 	return nil
 }

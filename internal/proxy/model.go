@@ -76,21 +76,7 @@ func servicePorts(svc *corev1.Service, fam Family) []*ServicePort {
 	if !clusterIP.IsValid() {
 		return nil
 	}
-	var external []netip.Addr
-	for _, s := range svc.Spec.ExternalIPs {
-		if a, ok := parseAddr(s); ok && fam.has(a) {
-			external = append(external, a)
-		}
-	}
-	for _, ing := range svc.Status.LoadBalancer.Ingress {
-		if a, ok := parseAddr(ing.IP); ok && fam.has(a) {
-			external = append(external, a)
-		}
-	}
-	// An address named twice (in externalIPs and as the load balancer's,
-	// or twice in one list) is one frontend: programmed and removed once.
-	slices.SortFunc(external, netip.Addr.Compare)
-	external = slices.Compact(external)
+	external := externalAddrs(svc, fam)
 	var ranges []netip.Prefix
 	for _, s := range svc.Spec.LoadBalancerSourceRanges {
 		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && !p.Addr().Is4In6() && fam.has(p.Addr()) {
@@ -133,6 +119,26 @@ func servicePorts(svc *corev1.Service, fam Family) []*ServicePort {
 		out = append(out, sp)
 	}
 	return out
+}
+
+// externalAddrs are the Service's externalIPs and load-balancer ingress IPs
+// of family fam, each once: an address named twice (in externalIPs and as
+// the load balancer's, or twice in one list) is one frontend, programmed
+// and removed once.
+func externalAddrs(svc *corev1.Service, fam Family) []netip.Addr {
+	var external []netip.Addr
+	for _, s := range svc.Spec.ExternalIPs {
+		if a, ok := parseAddr(s); ok && fam.has(a) {
+			external = append(external, a)
+		}
+	}
+	for _, ing := range svc.Status.LoadBalancer.Ingress {
+		if a, ok := parseAddr(ing.IP); ok && fam.has(a) {
+			external = append(external, a)
+		}
+	}
+	slices.SortFunc(external, netip.Addr.Compare)
+	return slices.Compact(external)
 }
 
 // parseAddr reads an address of a Service or endpoint as nftables will

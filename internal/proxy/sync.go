@@ -56,18 +56,11 @@ func (p *Proxier) config(snap snapshot) *Config {
 // fullSync rewrites the whole table: every chain and map flushed and
 // refilled, stale chains and sets deleted, in one transaction.
 func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
-	existingChains, err := p.nft.List(ctx, "chains")
-	if err != nil && !knftables.IsNotFound(err) {
-		return fmt.Errorf("list chains: %w", err)
+	existing, err := p.listObjects(ctx)
+	if err != nil {
+		return err
 	}
-	existingSets, err := p.nft.List(ctx, "sets")
-	if err != nil && !knftables.IsNotFound(err) {
-		return fmt.Errorf("list sets: %w", err)
-	}
-	existingMaps, err := p.nft.List(ctx, "maps")
-	if err != nil && !knftables.IsNotFound(err) {
-		return fmt.Errorf("list maps: %w", err)
-	}
+	existingChains, existingSets, existingMaps := existing["chains"], existing["sets"], existing["maps"]
 	tx := p.nft.NewTransaction()
 	b := newBuilder(tx, p.config(snap), nil)
 	b.base()
@@ -119,6 +112,20 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 	return nil
 }
 
+// listObjects lists the names of the table's chains, sets and maps (none
+// when the table does not exist).
+func (p *Proxier) listObjects(ctx context.Context) (map[string][]string, error) {
+	out := map[string][]string{}
+	for _, kind := range []string{"chains", "sets", "maps"} {
+		names, err := p.nft.List(ctx, kind)
+		if err != nil && !knftables.IsNotFound(err) {
+			return nil, fmt.Errorf("list %s: %w", kind, err)
+		}
+		out[kind] = names
+	}
+	return out, nil
+}
+
 var fixedSets = map[string]bool{serviceIPsMap: true, serviceNodePortsMap: true, noEndpointsMap: true,
 	noEndpointNodePorts: true, clusterIPsSet: true, hairpinSet: true}
 
@@ -161,18 +168,7 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 	for _, name := range removed {
 		stale[name] = p.programmed[name]
 	}
-	deleted := map[string]bool{} // the kernel refuses to delete an element twice
-	for _, old := range stale {
-		for _, c := range old.chains {
-			tx.Flush(&knftables.Chain{Name: c})
-		}
-		for _, e := range old.elements {
-			if id := e.m + " " + strings.Join(e.key, " . "); !deleted[id] {
-				deleted[id] = true
-				tx.Delete(&knftables.Element{Map: e.m, Key: e.key})
-			}
-		}
-	}
+	clearStale(tx, stale)
 	programmed := make(map[ServicePortName]*portObjects, len(snap.ports))
 	for name, objs := range p.programmed {
 		programmed[name] = objs
@@ -184,6 +180,38 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 		programmed[sp.Name] = b.servicePort(sp, snap.eps[sp.Name])
 	}
 	b.hairpinElements()
+	deleteReplaced(tx, stale, programmed)
+	deleteUnused(tx, stale, programmed)
+	deleteUnusedShared(tx, b.shared, programmed)
+	b.addElements()
+	if err := p.nft.Run(ctx, tx); err != nil {
+		return fmt.Errorf("nftables transaction (partial, %d Service ports): %w", len(changed)+len(removed), err)
+	}
+	p.shared = b.shared
+	p.afterSync(snap, programmed)
+	return nil
+}
+
+// clearStale empties the chains of the stale ports and deletes their map
+// elements, each once (the kernel refuses to delete an element twice).
+func clearStale(tx *knftables.Transaction, stale map[ServicePortName]*portObjects) {
+	deleted := map[string]bool{}
+	for _, old := range stale {
+		for _, c := range old.chains {
+			tx.Flush(&knftables.Chain{Name: c})
+		}
+		for _, e := range old.elements {
+			if id := e.m + " " + strings.Join(e.key, " . "); !deleted[id] {
+				deleted[id] = true
+				tx.Delete(&knftables.Element{Map: e.m, Key: e.key})
+			}
+		}
+	}
+}
+
+// deleteReplaced deletes the chains and sets of stale ports that their
+// new version (if any) no longer has.
+func deleteReplaced(tx *knftables.Transaction, stale, programmed map[ServicePortName]*portObjects) {
 	for name, old := range stale {
 		now := programmed[name]
 		for _, c := range old.chains {
@@ -197,15 +225,6 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 			}
 		}
 	}
-	deleteUnused(tx, stale, programmed)
-	deleteUnusedShared(tx, b.shared, programmed)
-	b.addElements()
-	if err := p.nft.Run(ctx, tx); err != nil {
-		return fmt.Errorf("nftables transaction (partial, %d Service ports): %w", len(changed)+len(removed), err)
-	}
-	p.shared = b.shared
-	p.afterSync(snap, programmed)
-	return nil
 }
 
 // deleteUnused removes the ClusterIPs and hairpin pairs that only stale

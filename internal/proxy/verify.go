@@ -22,12 +22,12 @@ import (
 func (p *Proxier) verify(ctx context.Context) (string, error) {
 	want := p.expectedObjects()
 	var damage []string
+	existing, err := p.listObjects(ctx)
+	if err != nil {
+		return "", err
+	}
 	for _, kind := range []string{"chains", "sets", "maps"} {
-		have, err := p.nft.List(ctx, kind)
-		if err != nil && !knftables.IsNotFound(err) {
-			return "", fmt.Errorf("list %s: %w", kind, err)
-		}
-		missing, extra := diffNames(want[kind], have)
+		missing, extra := diffNames(want[kind], existing[kind])
 		if len(missing) > 0 {
 			damage = append(damage, fmt.Sprintf("%s missing: %s", kind, strings.Join(missing, " ")))
 		}
