@@ -48,11 +48,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/flatnet-io/flatnet/internal/cniconf"
 	"github.com/flatnet-io/flatnet/internal/egress"
@@ -151,21 +148,6 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 	}
 	a.runner.Run(ctx)
 	return nil
-}
-
-func newClient(kubeconfig string) (kubernetes.Interface, error) {
-	var cfg *rest.Config
-	var err error
-	if kubeconfig == "" {
-		cfg, err = rest.InClusterConfig()
-	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("API server configuration: %w", err)
-	}
-	cfg.UserAgent = "flatnetd"
-	return kubernetes.NewForConfig(cfg)
 }
 
 // minSyncInterval bounds how often node events can cause a sync.

@@ -1,6 +1,7 @@
 package lab_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"strings"
@@ -9,6 +10,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
@@ -22,7 +26,7 @@ import (
 func TestAPIServerOutage(t *testing.T) {
 	requireLab(t)
 	ns := namespace(t)
-	deploy(t, ns, netexecDeployment("steady", 2))
+	steady := deploy(t, ns, netexecDeployment("steady", 2))
 	clients := deploy(t, ns, netexecDeployment("client", 1))
 	from := podNS(&clients[0])
 	vip := net.JoinHostPort(service(t, ns, "steady", nil).Spec.ClusterIP, "80")
@@ -58,8 +62,32 @@ func TestAPIServerOutage(t *testing.T) {
 	}
 	restarted = true
 	back := time.Now()
-	fresh := service(t, ns, "steady", func(s *corev1.Service) { s.Name = "fresh" })
-	got := hostname(t, from, net.JoinHostPort(fresh.Spec.ClusterIP, "80"))
+	// A Service without a selector and its EndpointSlice, written here:
+	// what is measured is flatnetd catching up, not the controller
+	// manager's informers (which back off after an outage as client-go's
+	// do).
+	fresh := service(t, ns, "fresh", func(s *corev1.Service) { s.Spec.Selector = nil })
+	sl := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "fresh-1", Labels: map[string]string{discoveryv1.LabelServiceName: "fresh"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(8080)), Protocol: ptr.To(corev1.ProtocolTCP)}},
+	}
+	for _, p := range steady {
+		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{p.Status.PodIP}, NodeName: ptr.To(p.Spec.NodeName),
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices(ns).Create(context.Background(), sl, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort(fresh.Spec.ClusterIP, "80")
+	var got string
+	deadline := time.Now().Add(10 * time.Second)
+	for got, err = probe.HTTPGet(from, addr, "/hostname"); err != nil; got, err = probe.HTTPGet(from, addr, "/hostname") {
+		if time.Now().After(deadline) {
+			t.Fatalf("a Service created after the API server came back is not served %s later: %v", time.Since(back).Round(time.Second), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if !strings.HasPrefix(got, "steady-") {
 		t.Fatalf("the Service created after the outage answered %q", got)
 	}
