@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"sync"
@@ -16,10 +17,13 @@ import (
 // Down removes everything lab name made: processes, namespaces (and with
 // them every link), state. Running it on a lab that is gone is fine.
 func Down(stateRoot, name string, out io.Writer) error {
+	l, err := NewLayout(stateRoot, name, 0)
+	if err != nil {
+		return err
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("the lab needs root (network namespaces)")
 	}
-	l := NewLayout(stateRoot, name, 0)
 	procs := l.processes()
 	step(out, "stopping %d processes of lab %q", len(procs), name)
 	l.stopAll(5 * time.Second)
@@ -30,8 +34,25 @@ func Down(stateRoot, name string, out io.Writer) error {
 	step(out, "removed %d network namespaces %s*", n, l.Prefix())
 	errs := []error{err}
 	step(out, "removing %s", l.Dir)
-	errs = append(errs, os.RemoveAll(l.Dir))
+	errs = append(errs, l.removeState())
 	return errors.Join(errs...)
+}
+
+// removeState removes the state directory, but only one that a lab made:
+// it holds lab.json (written first thing by `lab up`) or nothing at all.
+// Anything else at that path is left alone with an error.
+func (l Layout) removeState() error {
+	entries, err := os.ReadDir(l.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := os.Lstat(l.Path("lab.json")); err != nil && len(entries) > 0 {
+		return fmt.Errorf("%s has no lab.json: not a lab's state directory, left alone", l.Dir)
+	}
+	return os.RemoveAll(l.Dir)
 }
 
 // Forward listens on the machine's loopback and carries each connection to

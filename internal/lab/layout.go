@@ -25,6 +25,10 @@
 //
 // `lab down` kills the processes, deletes the namespaces (which removes every
 // veth and bridge in them) and the state directory; it is safe to run twice.
+// Since it runs as root and removes by name, a lab name is a DNS label of at
+// most MaxNameLen characters, checked before any command does anything; the
+// state root must be absolute, every path made from a name is verified to
+// stay below it, and a directory without lab.json is never removed.
 package lab
 
 import (
@@ -67,9 +71,20 @@ type Layout struct {
 	Dir   string // state directory
 }
 
-// NewLayout returns the layout of lab name under root.
-func NewLayout(root, name string, nodes int) Layout {
-	return Layout{Name: name, Nodes: nodes, Dir: filepath.Join(root, name)}
+// NewLayout returns the layout of lab name under root, or why name or root
+// cannot hold a lab (see ValidateName).
+func NewLayout(root, name string, nodes int) (Layout, error) {
+	if err := ValidateName(name); err != nil {
+		return Layout{}, err
+	}
+	if err := validateStateRoot(root); err != nil {
+		return Layout{}, err
+	}
+	dir, err := under(filepath.Clean(root), name)
+	if err != nil {
+		return Layout{}, err
+	}
+	return Layout{Name: name, Nodes: nodes, Dir: dir}, nil
 }
 
 // Prefix starts the name of every namespace of this lab.
@@ -80,6 +95,16 @@ func (l Layout) NS(role string) string { return l.Prefix() + role }
 
 // NodeName is the Kubernetes name of node i (1-based).
 func (l Layout) NodeName(i int) string { return "node-" + strconv.Itoa(i) }
+
+// NodeIndex is the number of the node called name, if the lab has it.
+func (l Layout) NodeIndex(name string) (int, bool) {
+	for i := 1; i <= l.Nodes; i++ {
+		if l.NodeName(i) == name {
+			return i, true
+		}
+	}
+	return 0, false
+}
 
 // NodeIP is the underlay address of node i.
 func (l Layout) NodeIP(i int) netip.Addr {
@@ -100,7 +125,9 @@ func (l Layout) NodeIPs(i int) []netip.Addr { return []netip.Addr{l.NodeIP(i), l
 // PodNS is the namespace name of a pod.
 func (l Layout) PodNS(uid string) string { return l.Prefix() + "p-" + uid }
 
-// Path joins parts under the state directory.
+// Path joins parts under the state directory. The parts are names this
+// package chooses ("pki", "logs", node names); a name that comes from
+// elsewhere (a process name) goes through under instead.
 func (l Layout) Path(parts ...string) string {
 	return filepath.Join(append([]string{l.Dir}, parts...)...)
 }

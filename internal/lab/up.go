@@ -56,7 +56,10 @@ func (l Layout) save(s saved) error {
 
 // Open returns the layout of an existing lab.
 func Open(stateRoot, name string) (Layout, saved, error) {
-	l := NewLayout(stateRoot, name, 0)
+	l, err := NewLayout(stateRoot, name, 0)
+	if err != nil {
+		return l, saved{}, err
+	}
 	s, err := l.load()
 	if err != nil {
 		return l, s, fmt.Errorf("lab %q is not up (no %s): %w", name, l.Path("lab.json"), err)
@@ -69,15 +72,31 @@ func step(out io.Writer, format string, args ...any) {
 	fmt.Fprintf(out, "==> "+format+"\n", args...)
 }
 
+// MaxNodes is the most nodes a lab has: node i's underlay address ends in
+// 10+i, and .255 is the broadcast address.
+const MaxNodes = 244
+
+// Validate reports every problem with the options at once.
+func (o Options) Validate() error {
+	var errs []error
+	if _, err := NewLayout(o.StateRoot, o.Name, o.Nodes); err != nil {
+		errs = append(errs, err)
+	}
+	if o.Nodes < 1 || o.Nodes > MaxNodes {
+		errs = append(errs, fmt.Errorf("a lab has 1 to %d nodes, not %d", MaxNodes, o.Nodes))
+	}
+	return errors.Join(errs...)
+}
+
 // Up brings a lab up, or completes one that is partly up.
 func Up(ctx context.Context, o Options) error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("the lab needs root (network namespaces)")
 	}
-	if o.Nodes < 1 {
-		return errors.New("a lab needs at least one node")
-	}
-	l := NewLayout(o.StateRoot, o.Name, o.Nodes)
+	l, _ := NewLayout(o.StateRoot, o.Name, o.Nodes) // checked by Validate
 	if prev, err := l.load(); err == nil && prev.Nodes != o.Nodes {
 		return fmt.Errorf("lab %q is up with %d nodes; `flatnet lab down --name %s` first to change that", o.Name, prev.Nodes, o.Name)
 	}

@@ -106,7 +106,10 @@ func checkDown() error {
 			return fmt.Errorf("%v: %s", err, out)
 		}
 	}
-	l := lab.NewLayout(stateRoot, labName, nodes)
+	l, err := lab.NewLayout(stateRoot, labName, nodes)
+	if err != nil {
+		return err
+	}
 	if left, _ := netns.List(l.Prefix()); len(left) > 0 {
 		return fmt.Errorf("namespaces left: %v", left)
 	}
