@@ -30,9 +30,12 @@ func Down(stateRoot, name string, out io.Writer) error {
 	if left := l.processes(); len(left) > 0 {
 		return fmt.Errorf("processes of the lab survive SIGKILL: %v", left)
 	}
-	n, err := netns.DeleteAll(l.Prefix())
-	step(out, "removed %d network namespaces %s*", n, l.Prefix())
+	names, err := l.Namespaces()
 	errs := []error{err}
+	for _, n := range names {
+		errs = append(errs, netns.Delete(n))
+	}
+	step(out, "removed %d network namespaces %s*", len(names), l.Prefix())
 	step(out, "removing %s", l.Dir)
 	errs = append(errs, l.removeState())
 	return errors.Join(errs...)

@@ -35,7 +35,12 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
+	"strings"
+
+	"github.com/flatnet-io/flatnet/internal/netns"
 )
 
 // Fixed addressing of a lab; every lab has its own underlay namespace, so two
@@ -124,6 +129,23 @@ func (l Layout) NodeIPs(i int) []netip.Addr { return []netip.Addr{l.NodeIP(i), l
 
 // PodNS is the namespace name of a pod.
 func (l Layout) PodNS(uid string) string { return l.Prefix() + "p-" + uid }
+
+// roleRE matches what follows the prefix in the name of a lab's namespace.
+// It is matched whole because prefixes nest: lab "a-b"'s namespaces start
+// with lab "a"'s prefix "fn-a-", but "b-switch" is no role.
+var roleRE = regexp.MustCompile(`^(switch|cp|node-[1-9][0-9]*|p-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$`)
+
+// OwnsNS reports whether the namespace called name is this lab's.
+func (l Layout) OwnsNS(name string) bool {
+	role, ok := strings.CutPrefix(name, l.Prefix())
+	return ok && roleRE.MatchString(role)
+}
+
+// Namespaces lists the lab's namespaces on the machine.
+func (l Layout) Namespaces() ([]string, error) {
+	names, err := netns.List(l.Prefix())
+	return slices.DeleteFunc(names, func(n string) bool { return !l.OwnsNS(n) }), err
+}
 
 // Path joins parts under the state directory. The parts are names this
 // package chooses ("pki", "logs", node names); a name that comes from

@@ -94,7 +94,7 @@ func (l Layout) owns(pid int) bool {
 // namespaceInodes maps "net:[inode]" of each lab namespace to its name.
 func (l Layout) namespaceInodes() map[string]string {
 	out := map[string]string{}
-	names, _ := netns.List(l.Prefix())
+	names, _ := l.Namespaces()
 	for _, n := range names {
 		var st syscall.Stat_t
 		if err := syscall.Stat(netns.Path(n), &st); err == nil {

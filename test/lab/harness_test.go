@@ -21,7 +21,6 @@ import (
 
 	"github.com/flatnet-io/flatnet/internal/cnitest"
 	"github.com/flatnet-io/flatnet/internal/lab"
-	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
 )
 
@@ -110,7 +109,7 @@ func checkDown() error {
 	if err != nil {
 		return err
 	}
-	if left, _ := netns.List(l.Prefix()); len(left) > 0 {
+	if left, _ := l.Namespaces(); len(left) > 0 {
 		return fmt.Errorf("namespaces left: %v", left)
 	}
 	if _, err := os.Stat(l.Dir); err == nil {
