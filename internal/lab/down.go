@@ -24,6 +24,13 @@ func Down(stateRoot, name string, out io.Writer) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the lab needs root (network namespaces)")
 	}
+	if _, err := os.Stat(l.Path("lab.json")); err == nil { // a lab's directory, not some other
+		unlock, err := l.lock()
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
 	procs := l.processes()
 	step(out, "stopping %d processes of lab %q", len(procs), name)
 	l.stopAll(5 * time.Second)
@@ -42,7 +49,8 @@ func Down(stateRoot, name string, out io.Writer) error {
 }
 
 // removeState removes the state directory, but only one that a lab made:
-// it holds lab.json (written first thing by `lab up`) or nothing at all.
+// it holds lab.json (written first thing by `lab up`, right after taking
+// the lock), or nothing but the lock file.
 // Anything else at that path is left alone with an error.
 func (l Layout) removeState() error {
 	entries, err := os.ReadDir(l.Dir)
@@ -52,7 +60,8 @@ func (l Layout) removeState() error {
 	if err != nil {
 		return err
 	}
-	if _, err := os.Lstat(l.Path("lab.json")); err != nil && len(entries) > 0 {
+	onlyLock := len(entries) == 0 || len(entries) == 1 && entries[0].Name() == lockFile
+	if _, err := os.Lstat(l.Path("lab.json")); err != nil && !onlyLock {
 		return fmt.Errorf("%s has no lab.json: not a lab's state directory, left alone", l.Dir)
 	}
 	return os.RemoveAll(l.Dir)

@@ -25,3 +25,22 @@ func TestWriteFileReplacesWhole(t *testing.T) {
 		t.Errorf("directory holds %v, want lab.json alone", entries)
 	}
 }
+
+// TestLockExcludes: a second command on the same lab is refused while the
+// first holds the lock, and admitted once it is gone.
+func TestLockExcludes(t *testing.T) {
+	l := newTestLayout(t, testLabName(""), 1)
+	unlock, err := l.lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.lock(); err == nil {
+		t.Fatal("a second lock was granted while the first is held")
+	}
+	unlock()
+	unlock2, err := l.lock()
+	if err != nil {
+		t.Fatalf("lock after unlock: %v", err)
+	}
+	unlock2()
+}
