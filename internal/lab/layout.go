@@ -18,8 +18,14 @@
 //     forwarder for kubectl.
 //   - Processes, started detached (own session), their logs in
 //     <state>/logs/<component>.log and pids in <state>/pids/. Every one of
-//     them either runs in a lab namespace or names the state directory on its
-//     command line, which is how `lab down` finds them all, even orphans.
+//     them carries FLATNET_LAB_PROCESS=<its pid file> in its environment,
+//     and either runs in a lab namespace or names the state directory on its
+//     command line, which is how `lab down` finds them all, even orphans,
+//     and how `lab up` finds one whose pid file it never wrote.
+//   - `lab up` and `lab down` hold a lock (flock on <state>/lock); every
+//     step of `lab up` checks the whole desired state of what it makes and
+//     completes it, and files are replaced atomically, so an up killed at
+//     any point is finished by the next.
 //   - Files under <state> (default /var/lib/flatnet/labs/<lab>): PKI,
 //     kubeconfigs, etcd data, per-node CNI config, IPAM store and result cache.
 //
