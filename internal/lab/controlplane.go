@@ -56,7 +56,7 @@ func (l Layout) nodeComponents(binDir string, i int, proxy bool) []component {
 			"--kubeconfig=" + l.Kubeconfig("flatnetd-"+n), "--node-name=" + n,
 			"--cni-conf-dir=" + dir + "/cni/net.d", "--ipam-data-dir=" + dir + "/ipam",
 			"--cluster-cidr=" + ClusterCIDRs(),
-			"--health-addr=127.0.0.1:9465", "--metrics-addr=0.0.0.0:9466",
+			"--health-addr=127.0.0.1:9465", "--metrics-addr=127.0.0.1:9466",
 			"--proxy=" + strconv.FormatBool(proxy),
 		}},
 		{"kubelet-" + n, n, []string{binPath(binDir, "flatnet"), "lab", "kubelet",
