@@ -63,7 +63,7 @@ func (l Layout) nodeComponents(binDir string, i int, proxy bool) []component {
 			"--kubeconfig=" + l.Kubeconfig("kubelet-"+n), "--node-name=" + n,
 			"--node-ip=" + joinAddrs(l.NodeIPs(i)), "--state-dir=" + dir,
 			"--cni-conf-dir=" + dir + "/cni/net.d", "--cni-bin-dir=" + binDir,
-			"--netns-prefix=" + l.Prefix() + "p-", "--max-pods=" + strconv.Itoa(110),
+			"--netns-prefix=" + l.PodNSPrefix(n), "--max-pods=" + strconv.Itoa(110),
 		}},
 	}
 }

@@ -52,7 +52,7 @@ func TestDownLeavesOtherLabs(t *testing.T) {
 	requireRoot(t)
 	other := newTestLayout(t, testLabName("-b"), 1)
 	l := newTestLayout(t, testLabName(""), 1)
-	for _, n := range []string{l.NS("switch"), l.NS("node-1"), l.PodNS("0f6b5a3e-7c1d-4e2f-9a8b-1c2d3e4f5a6b"),
+	for _, n := range []string{l.NS("switch"), l.NS("node-1"), l.PodNS("node-1", "0f6b5a3e-7c1d-4e2f-9a8b-1c2d3e4f5a6b"),
 		other.NS("switch"), other.NS("cp"), other.NS("node-1")} {
 		if _, err := netns.Create(n); err != nil {
 			t.Fatal(err)

@@ -11,7 +11,7 @@
 //     kube-scheduler (172.30.0.2, fd00:30::2); "node-N" is node N
 //     (172.30.0.(10+N), fd00:30::(10+N)) with its flatnetd, its lab kubelet
 //     and, inside, the node bridge made by flatnet-cni; pod namespaces are
-//     fn-<lab>-p-<pod UID>. Each host has a veth to br0, an address of each
+//     fn-<lab>-node-N-p-<pod UID>. Each host has a veth to br0, an address of each
 //     family (IPv6 ones without DAD: nothing else can hold them) and a
 //     default route of each family via the outside host. Nothing is added to
 //     the machine's own namespace but one loopback listener, the API
@@ -133,13 +133,18 @@ func (l Layout) NodeIP6(i int) netip.Addr {
 // NodeIPs are node i's InternalIPs, IPv4 first.
 func (l Layout) NodeIPs(i int) []netip.Addr { return []netip.Addr{l.NodeIP(i), l.NodeIP6(i)} }
 
-// PodNS is the namespace name of a pod.
-func (l Layout) PodNS(uid string) string { return l.Prefix() + "p-" + uid }
+// PodNSPrefix starts the namespace name of every pod on node: its kubelet
+// removes the namespaces with this prefix whose pod it does not run, so it
+// must name the node ("-p-" keeps node-1's apart from node-10's).
+func (l Layout) PodNSPrefix(node string) string { return l.NS(node) + "-p-" }
+
+// PodNS is the namespace name of the pod uid on node.
+func (l Layout) PodNS(node, uid string) string { return l.PodNSPrefix(node) + uid }
 
 // roleRE matches what follows the prefix in the name of a lab's namespace.
 // It is matched whole because prefixes nest: lab "a-b"'s namespaces start
 // with lab "a"'s prefix "fn-a-", but "b-switch" is no role.
-var roleRE = regexp.MustCompile(`^(switch|cp|node-[1-9][0-9]*|p-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$`)
+var roleRE = regexp.MustCompile(`^(switch|cp|node-[1-9][0-9]*(-p-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?)$`)
 
 // OwnsNS reports whether the namespace called name is this lab's.
 func (l Layout) OwnsNS(name string) bool {

@@ -11,8 +11,9 @@ import (
 // MaxNameLen bounds a lab's name. No interface name is made from it (the
 // switch ports are named after their host, "cp" and "node-N", links inside
 // a namespace have fixed names, and pod veths are hashes), so IFNAMSIZ does
-// not bind it. Namespace names do: the longest, fn-<lab>-p-<36-character
-// pod UID>, is a file name in /run/netns (NAME_MAX 255, so at most 213).
+// not bind it. Namespace names do: the longest, fn-<lab>-node-244-p-<36-
+// character pod UID>, is a file name in /run/netns (NAME_MAX 255, so at
+// most 204).
 // So would a Unix socket under <default state root>/<lab>/nodes/node-N/
 // (sun_path is 108 bytes: about 56 for a short socket name). 32 fits both
 // with room, and is a valid DNS label, so the name may also appear in

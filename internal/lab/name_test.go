@@ -48,7 +48,7 @@ func TestNamesFitTheKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := l.PodNS("0f6b5a3e-7c1d-4e2f-9a8b-1c2d3e4f5a6b"); len(n) > 255 {
+	if n := l.PodNS(l.NodeName(MaxNodes), "0f6b5a3e-7c1d-4e2f-9a8b-1c2d3e4f5a6b"); len(n) > 255 {
 		t.Errorf("pod namespace name %q is %d bytes", n, len(n))
 	}
 	for _, h := range l.hosts() {
@@ -130,5 +130,32 @@ func TestRemoveStateKeepsForeignDirectories(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Dir(l.Dir)); err != nil {
 		t.Fatalf("state root gone: %v", err)
+	}
+}
+
+// TestKubeletsSeeOnlyTheirPods: each node's kubelet lists pod namespaces by
+// its --netns-prefix and removes those it does not run, so no node's prefix
+// may start the name of another node's pod namespace (node-1 and node-10
+// included).
+func TestKubeletsSeeOnlyTheirPods(t *testing.T) {
+	l, err := NewLayout(DefaultStateRoot, "lab", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := func(i int) string {
+		for _, a := range l.nodeComponents("bin", i, true)[1].argv {
+			if v, ok := strings.CutPrefix(a, "--netns-prefix="); ok {
+				return v
+			}
+		}
+		t.Fatalf("node-%d's kubelet has no --netns-prefix", i)
+		return ""
+	}
+	for i := 1; i <= l.Nodes; i++ {
+		for j := 1; j <= l.Nodes; j++ {
+			if i != j && strings.HasPrefix(prefix(j)+"0f6b5a3e-7c1d-4e2f-9a8b-1c2d3e4f5a6b", prefix(i)) {
+				t.Errorf("node-%d's kubelet (prefix %q) sees node-%d's pods (prefix %q)", i, prefix(i), j, prefix(j))
+			}
+		}
 	}
 }

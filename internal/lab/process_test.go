@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// processesRunning lists the processes whose command line is exactly argv.
+// processesRunning lists the session leaders whose command line is exactly
+// argv: each start makes one (a shell's forked child has the shell's command
+// line until it execs, but not its own session).
 func processesRunning(argv []string) []int {
 	want := []byte{}
 	for _, a := range argv {
@@ -24,7 +27,7 @@ func processesRunning(argv []string) []int {
 			continue
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err == nil && alive(pid) && bytes.Equal(b, want) {
+		if err == nil && alive(pid) && bytes.Equal(b, want) && sessionLeader(pid) {
 			out = append(out, pid)
 		}
 	}
@@ -92,4 +95,13 @@ func TestStartAfterExit(t *testing.T) {
 	if got := processesRunning(c.argv); len(got) != 1 || got[0] == first[0] {
 		t.Fatalf("after the process died: %v, want one new process", got)
 	}
+}
+
+func sessionLeader(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	return len(fields) > 3 && fields[3] == strconv.Itoa(pid)
 }
