@@ -22,10 +22,40 @@ func TestTopologyCompletesHalfDoneHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkTopology(t, l)
-	for _, tc := range []struct {
-		name   string
-		damage func(sw, node *netlink.Handle) error
-	}{
+	for _, tc := range halfDoneHosts() {
+		t.Run(tc.name, func(t *testing.T) {
+			sw, node := testHandle(t, l.NS("switch")), testHandle(t, l.NS("node-1"))
+			if err := tc.damage(sw, node); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.ensureTopology(); err != nil {
+				t.Fatal(err)
+			}
+			checkTopology(t, l)
+		})
+	}
+	t.Run("namespace file without its mount", func(t *testing.T) {
+		if err := netns.Delete(l.NS("node-2")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(netns.Path(l.NS("node-2")), nil, 0o444); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.ensureTopology(); err != nil {
+			t.Fatal(err)
+		}
+		checkTopology(t, l)
+	})
+}
+
+// halfDone is a state of node-1's wiring that an interrupted run leaves.
+type halfDone struct {
+	name   string
+	damage func(sw, node *netlink.Handle) error
+}
+
+func halfDoneHosts() []halfDone {
+	return []halfDone{
 		{"eth0 without addresses or routes", func(_, node *netlink.Handle) error {
 			eth0, err := node.LinkByName("eth0")
 			if err != nil {
@@ -66,30 +96,7 @@ func TestTopologyCompletesHalfDoneHosts(t *testing.T) {
 			attrs.Name = "node-1"
 			return sw.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "half"})
 		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			sw, node := testHandle(t, l.NS("switch")), testHandle(t, l.NS("node-1"))
-			if err := tc.damage(sw, node); err != nil {
-				t.Fatal(err)
-			}
-			if err := l.ensureTopology(); err != nil {
-				t.Fatal(err)
-			}
-			checkTopology(t, l)
-		})
 	}
-	t.Run("namespace file without its mount", func(t *testing.T) {
-		if err := netns.Delete(l.NS("node-2")); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(netns.Path(l.NS("node-2")), nil, 0o444); err != nil {
-			t.Fatal(err)
-		}
-		if err := l.ensureTopology(); err != nil {
-			t.Fatal(err)
-		}
-		checkTopology(t, l)
-	})
 }
 
 func testHandle(t *testing.T, name string) *netlink.Handle {
