@@ -45,7 +45,7 @@ func (l Layout) start(c component) error {
 		return fmt.Errorf("process name: %w", err)
 	}
 	if pid, ok := l.running(c.name); ok {
-		return l.recordPid(pidPath, pid) // the pid file may be the one thing lost
+		return recordPid(pidPath, pid) // the pid file may be the one thing lost
 	}
 	for _, d := range []string{filepath.Dir(pidPath), filepath.Dir(logPath)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -72,11 +72,11 @@ func (l Layout) start(c component) error {
 	}
 	pid := cmd.Process.Pid
 	_ = cmd.Process.Release()
-	return l.recordPid(pidPath, pid)
+	return recordPid(pidPath, pid)
 }
 
 // recordPid writes pid to the pid file unless it says so already.
-func (l Layout) recordPid(path string, pid int) error {
+func recordPid(path string, pid int) error {
 	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(pid) {
 		return nil
 	}
