@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -102,8 +103,21 @@ type labFlags struct {
 }
 
 func (l *labFlags) add(fs *flag.FlagSet) {
-	fs.StringVar(&l.name, "name", "lab", "lab name")
-	fs.StringVar(&l.stateRoot, "state-root", lab.DefaultStateRoot, "directory of the labs' state")
+	fs.StringVar(&l.name, "name", "lab", "lab name: lower-case letters, digits and '-', at most "+strconv.Itoa(lab.MaxNameLen)+" characters")
+	fs.StringVar(&l.stateRoot, "state-root", lab.DefaultStateRoot, "directory of the labs' state (absolute)")
+}
+
+// parse parses args and refuses a lab name or state root that cannot hold
+// a lab, before the command does anything; false means exit code 2.
+func (l *labFlags) parse(fs *flag.FlagSet, args []string) bool {
+	if err := fs.Parse(args); err != nil {
+		return false
+	}
+	if _, err := lab.NewLayout(l.stateRoot, l.name, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "flatnet %s: %v\n", fs.Name(), err)
+		return false
+	}
+	return true
 }
 
 func runLab(ctx context.Context, args []string) int {
@@ -116,26 +130,19 @@ func runLab(ctx context.Context, args []string) int {
 	lf.add(fs)
 	switch args[0] {
 	case "up":
-		o := lab.Options{Out: os.Stdout, BinDir: binDir()}
-		fs.IntVar(&o.Nodes, "nodes", 3, "number of nodes")
-		fs.BoolVar(&o.NoProxy, "no-proxy", false, "run flatnetd without its service proxy")
-		if err := fs.Parse(args[1:]); err != nil {
-			return 2
-		}
-		o.Name, o.StateRoot, o.SourceDir = lf.name, lf.stateRoot, filepath.Dir(o.BinDir)
-		return check("lab up", lab.Up(ctx, o))
+		return runUp(ctx, fs, &lf, args[1:])
 	case "down":
-		if err := fs.Parse(args[1:]); err != nil {
+		if !lf.parse(fs, args[1:]) {
 			return 2
 		}
 		return check("lab down", lab.Down(lf.stateRoot, lf.name, os.Stdout))
 	case "status":
-		if err := fs.Parse(args[1:]); err != nil {
+		if !lf.parse(fs, args[1:]) {
 			return 2
 		}
 		return check("lab status", lab.Status(ctx, lf.stateRoot, lf.name, os.Stdout))
 	case "kubeconfig":
-		if err := fs.Parse(args[1:]); err != nil {
+		if !lf.parse(fs, args[1:]) {
 			return 2
 		}
 		l, _, err := lab.Open(lf.stateRoot, lf.name)
@@ -147,7 +154,7 @@ func runLab(ctx context.Context, args []string) int {
 	case "exec":
 		return runExec(ctx, fs, &lf, args[1:])
 	case "traffic":
-		if err := fs.Parse(args[1:]); err != nil {
+		if !lf.parse(fs, args[1:]) {
 			return 2
 		}
 		return check("lab traffic", lab.Traffic(ctx, lf.stateRoot, lf.name, os.Stdout))
@@ -167,10 +174,25 @@ func runLab(ctx context.Context, args []string) int {
 	return 2
 }
 
+func runUp(ctx context.Context, fs *flag.FlagSet, lf *labFlags, args []string) int {
+	o := lab.Options{Out: os.Stdout, BinDir: binDir()}
+	fs.IntVar(&o.Nodes, "nodes", 3, "number of nodes (1-"+strconv.Itoa(lab.MaxNodes)+")")
+	fs.BoolVar(&o.NoProxy, "no-proxy", false, "run flatnetd without its service proxy")
+	if !lf.parse(fs, args) {
+		return 2
+	}
+	o.Name, o.StateRoot, o.SourceDir = lf.name, lf.stateRoot, filepath.Dir(o.BinDir)
+	if err := o.Validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "flatnet lab up: %v\n", err)
+		return 2
+	}
+	return check("lab up", lab.Up(ctx, o))
+}
+
 func runExec(ctx context.Context, fs *flag.FlagSet, lf *labFlags, args []string) int {
 	node := fs.String("node", "", "run in this node's namespace")
 	outside := fs.Bool("outside", false, "run on the outside host")
-	if err := fs.Parse(args); err != nil {
+	if !lf.parse(fs, args) {
 		return 2
 	}
 	rest := fs.Args()
@@ -194,6 +216,9 @@ func runExec(ctx context.Context, fs *flag.FlagSet, lf *labFlags, args []string)
 	case *outside:
 		nsPath = netns.Path(l.NS("switch"))
 	case *node != "":
+		if _, ok := l.NodeIndex(*node); !ok {
+			return check("lab exec", fmt.Errorf("lab %q has no node %q (it has node-1..node-%d)", l.Name, *node, l.Nodes))
+		}
 		nsPath = netns.Path(l.NS(*node))
 	default:
 		ns, name, ok := strings.Cut(target, "/")

@@ -47,7 +47,7 @@ type Config struct {
 	StateDir    string
 	CNIConfDir  string
 	CNIBinDir   string
-	NetnsPrefix string // pod namespaces are <prefix><pod UID>
+	NetnsPrefix string // pod namespaces are <prefix><pod UID>; no other node's start with it
 	MaxPods     int
 	Self        string // the flatnet binary: built-in workloads and nsexec
 }

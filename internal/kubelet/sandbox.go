@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"regexp"
 	"strings"
 	"syscall"
 
@@ -128,8 +129,13 @@ func killNamespaceProcesses(nsPath string) {
 	}
 }
 
+// podUIDRE is the form of the UIDs the API server gives pods.
+var podUIDRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
 // cleanupOrphans removes sandboxes of pods that no longer exist on this node
-// and lets the CNI plugins GC everything but the live attachments.
+// and lets the CNI plugins GC everything but the live attachments. A
+// sandbox is a namespace named <prefix><pod UID>; other names that start
+// with the prefix are not this kubelet's.
 func (k *Kubelet) cleanupOrphans(ctx context.Context, objs []any) {
 	live := map[string]bool{}
 	for _, o := range objs {
@@ -139,7 +145,7 @@ func (k *Kubelet) cleanupOrphans(ctx context.Context, objs []any) {
 	rt, err := k.net.runtime()
 	for _, n := range names {
 		uid := strings.TrimPrefix(n, k.cfg.NetnsPrefix)
-		if live[uid] {
+		if live[uid] || !podUIDRE.MatchString(uid) {
 			continue
 		}
 		if err == nil {

@@ -56,14 +56,14 @@ func (l Layout) nodeComponents(binDir string, i int, proxy bool) []component {
 			"--kubeconfig=" + l.Kubeconfig("flatnetd-"+n), "--node-name=" + n,
 			"--cni-conf-dir=" + dir + "/cni/net.d", "--ipam-data-dir=" + dir + "/ipam",
 			"--cluster-cidr=" + ClusterCIDRs(),
-			"--health-addr=127.0.0.1:9465", "--metrics-addr=0.0.0.0:9466",
+			"--health-addr=127.0.0.1:9465", "--metrics-addr=127.0.0.1:9466",
 			"--proxy=" + strconv.FormatBool(proxy),
 		}},
 		{"kubelet-" + n, n, []string{binPath(binDir, "flatnet"), "lab", "kubelet",
 			"--kubeconfig=" + l.Kubeconfig("kubelet-"+n), "--node-name=" + n,
 			"--node-ip=" + joinAddrs(l.NodeIPs(i)), "--state-dir=" + dir,
 			"--cni-conf-dir=" + dir + "/cni/net.d", "--cni-bin-dir=" + binDir,
-			"--netns-prefix=" + l.Prefix() + "p-", "--max-pods=" + strconv.Itoa(110),
+			"--netns-prefix=" + l.PodNSPrefix(n), "--max-pods=" + strconv.Itoa(110),
 		}},
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"sync"
@@ -16,22 +17,54 @@ import (
 // Down removes everything lab name made: processes, namespaces (and with
 // them every link), state. Running it on a lab that is gone is fine.
 func Down(stateRoot, name string, out io.Writer) error {
+	l, err := NewLayout(stateRoot, name, 0)
+	if err != nil {
+		return err
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("the lab needs root (network namespaces)")
 	}
-	l := NewLayout(stateRoot, name, 0)
+	if _, err := os.Stat(l.Path("lab.json")); err == nil { // a lab's directory, not some other
+		unlock, err := l.lock()
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
 	procs := l.processes()
 	step(out, "stopping %d processes of lab %q", len(procs), name)
 	l.stopAll(5 * time.Second)
 	if left := l.processes(); len(left) > 0 {
 		return fmt.Errorf("processes of the lab survive SIGKILL: %v", left)
 	}
-	n, err := netns.DeleteAll(l.Prefix())
-	step(out, "removed %d network namespaces %s*", n, l.Prefix())
+	names, err := l.Namespaces()
 	errs := []error{err}
+	for _, n := range names {
+		errs = append(errs, netns.Delete(n))
+	}
+	step(out, "removed %d network namespaces %s*", len(names), l.Prefix())
 	step(out, "removing %s", l.Dir)
-	errs = append(errs, os.RemoveAll(l.Dir))
+	errs = append(errs, l.removeState())
 	return errors.Join(errs...)
+}
+
+// removeState removes the state directory, but only one that a lab made:
+// it holds lab.json (written first thing by `lab up`, right after taking
+// the lock), or nothing but the lock file.
+// Anything else at that path is left alone with an error.
+func (l Layout) removeState() error {
+	entries, err := os.ReadDir(l.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	onlyLock := len(entries) == 0 || len(entries) == 1 && entries[0].Name() == lockFile
+	if _, err := os.Lstat(l.Path("lab.json")); err != nil && !onlyLock {
+		return fmt.Errorf("%s has no lab.json: not a lab's state directory, left alone", l.Dir)
+	}
+	return os.RemoveAll(l.Dir)
 }
 
 // Forward listens on the machine's loopback and carries each connection to

@@ -36,8 +36,9 @@ func (l Layout) identities() []identity {
 
 // ensurePKI makes the CA, the API server's serving certificate, the
 // service-account key pair, and a client certificate plus kubeconfig per
-// identity. server is the URL the kubeconfigs point at (admin's is
-// rewritten later to the forwarder).
+// identity, pointing at the API server's underlay address (admin's is
+// written by ensureForwarder and points at the forwarder). Certificates and
+// keys present are kept; kubeconfigs are rewritten.
 func (l Layout) ensurePKI() error {
 	p, err := loadOrCreatePKI(l.Path("pki"))
 	if err != nil {
@@ -54,6 +55,9 @@ func (l Layout) ensurePKI() error {
 	for _, id := range l.identities() {
 		if err := p.issue(id.owner, id.cn, id.orgs, false, nil, nil); err != nil {
 			return err
+		}
+		if id.owner == "admin" {
+			continue // written by ensureForwarder, pointing at the forwarder
 		}
 		if err := l.writeKubeconfig(id.owner, l.APIServerURL()); err != nil {
 			return err
@@ -86,5 +90,9 @@ func (l Layout) writeKubeconfig(owner, server string) error {
 	if err := os.MkdirAll(filepath.Dir(l.Kubeconfig(owner)), 0o700); err != nil {
 		return err
 	}
-	return clientcmd.WriteToFile(*cfg, l.Kubeconfig(owner))
+	b, err := clientcmd.Write(*cfg)
+	if err != nil {
+		return err
+	}
+	return writeFile(l.Kubeconfig(owner), b, 0o600)
 }

@@ -1,11 +1,13 @@
 package lab
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,20 +24,35 @@ type component struct {
 	argv []string // program and arguments
 }
 
+// envProcess marks every process the lab starts; its value is the path of
+// the process's pid file, which names the lab and the component. The
+// environment is in place from the process's first instruction (nsexec's
+// helper passes it on when it execs the program), so a process is found
+// even when `lab up` died before writing its pid file.
+const envProcess = "FLATNET_LAB_PROCESS"
+
+func (l Layout) pidFile(name string) (string, error) { return under(l.Dir, "pids", name) }
+
 // start launches c detached unless it is already running. Its output goes
 // to <state>/logs/<name>.log.
 func (l Layout) start(c component) error {
+	pidPath, err := l.pidFile(c.name)
+	if err != nil {
+		return fmt.Errorf("process name: %w", err)
+	}
+	logPath, err := under(l.Dir, "logs", c.name+".log")
+	if err != nil {
+		return fmt.Errorf("process name: %w", err)
+	}
 	if pid, ok := l.running(c.name); ok {
-		_ = pid
-		return nil
+		return recordPid(pidPath, pid) // the pid file may be the one thing lost
 	}
-	if err := os.MkdirAll(l.Path("logs"), 0o755); err != nil {
-		return err
+	for _, d := range []string{filepath.Dir(pidPath), filepath.Dir(logPath)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
 	}
-	if err := os.MkdirAll(l.Path("pids"), 0o755); err != nil {
-		return err
-	}
-	logf, err := os.OpenFile(l.Path("logs", c.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
@@ -46,6 +63,7 @@ func (l Layout) start(c component) error {
 	} else {
 		cmd = nsexec.Command(netns.Path(l.NS(c.ns)), c.argv[0], c.argv[1:]...)
 	}
+	cmd.Env = append(os.Environ(), envProcess+"="+pidPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = l.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -54,27 +72,69 @@ func (l Layout) start(c component) error {
 	}
 	pid := cmd.Process.Pid
 	_ = cmd.Process.Release()
-	return os.WriteFile(l.Path("pids", c.name), []byte(strconv.Itoa(pid)), 0o644)
+	return recordPid(pidPath, pid)
 }
 
-// running reports whether the process recorded for name is alive and ours.
+// recordPid writes pid to the pid file unless it says so already.
+func recordPid(path string, pid int) error {
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(pid) {
+		return nil
+	}
+	return writeFile(path, []byte(strconv.Itoa(pid)), 0o644)
+}
+
+// running reports whether the process of component name is alive: the one
+// its pid file names, if that carries the component's mark (or, started
+// before processes were marked, no mark but belongs to the lab), or else
+// one found by its mark.
 func (l Layout) running(name string) (int, bool) {
-	b, err := os.ReadFile(l.Path("pids", name))
+	pidPath, err := l.pidFile(name)
 	if err != nil {
 		return 0, false
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0, false
+	mark := envProcess + "=" + pidPath
+	if b, err := os.ReadFile(pidPath); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && alive(pid) {
+			env := environ(pid)
+			if slices.Contains(env, mark) || !hasVar(env, envProcess) && l.owns(pid) {
+				return pid, true
+			}
+		}
 	}
-	return pid, l.owns(pid)
+	if pids := marked(mark); len(pids) > 0 {
+		return pids[0], true
+	}
+	return 0, false
 }
 
-// owns reports whether pid belongs to this lab: it runs in one of the lab's
-// namespaces or names the lab's state directory on its command line.
+// marked lists the live processes whose environment holds mark, leaving
+// out those whose parent holds it too: the children that inherit it (nft
+// under flatnetd, CNI plugins under the kubelet) are not the component.
+func marked(mark string) []int {
+	var out []int
+	for _, pid := range allPids() {
+		if !alive(pid) || !slices.Contains(environ(pid), mark) {
+			continue
+		}
+		if _, ppid, err := readStat(pid); err == nil && ppid > 0 && slices.Contains(environ(ppid), mark) {
+			continue
+		}
+		out = append(out, pid)
+	}
+	return out
+}
+
+// owns reports whether pid belongs to this lab: it carries the mark of one
+// of the lab's processes, runs in one of the lab's namespaces or names the
+// lab's state directory on its command line.
 func (l Layout) owns(pid int) bool {
-	if st, err := readStat(pid); err != nil || st == 'Z' {
+	if !alive(pid) {
 		return false
+	}
+	for _, e := range environ(pid) {
+		if strings.HasPrefix(e, envProcess+"="+l.Dir+"/") {
+			return true
+		}
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
@@ -94,7 +154,7 @@ func (l Layout) owns(pid int) bool {
 // namespaceInodes maps "net:[inode]" of each lab namespace to its name.
 func (l Layout) namespaceInodes() map[string]string {
 	out := map[string]string{}
-	names, _ := netns.List(l.Prefix())
+	names, _ := l.Namespaces()
 	for _, n := range names {
 		var st syscall.Stat_t
 		if err := syscall.Stat(netns.Path(n), &st); err == nil {
@@ -104,33 +164,59 @@ func (l Layout) namespaceInodes() map[string]string {
 	return out
 }
 
-func readStat(pid int) (byte, error) {
+// readStat returns the state and the parent of pid from /proc/<pid>/stat.
+func readStat(pid int) (byte, int, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	i := strings.LastIndexByte(string(b), ')')
+	i := bytes.LastIndexByte(b, ')')
 	if i < 0 || i+2 >= len(b) {
-		return 0, errors.New("bad stat")
+		return 0, 0, errors.New("bad stat")
 	}
-	return b[i+2], nil
+	fields := strings.Fields(string(b[i+2:]))
+	if len(fields) < 2 {
+		return 0, 0, errors.New("bad stat")
+	}
+	ppid, err := strconv.Atoi(fields[1])
+	return b[i+2], ppid, err
 }
 
-// processes lists every live process of the lab.
-func (l Layout) processes() []int {
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	st, _, err := readStat(pid)
+	return err == nil && st != 'Z'
+}
+
+// environ is the environment of pid, one "KEY=value" per element.
+func environ(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		return nil
+	}
+	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+}
+
+func hasVar(env []string, key string) bool {
+	return slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, key+"=") })
+}
+
+// allPids lists the processes on the machine but this one.
+func allPids() []int {
 	entries, _ := os.ReadDir("/proc")
 	self := os.Getpid()
 	var out []int
 	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		if l.owns(pid) {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != self {
 			out = append(out, pid)
 		}
 	}
 	return out
+}
+
+// processes lists every live process of the lab.
+func (l Layout) processes() []int {
+	return slices.DeleteFunc(allPids(), func(pid int) bool { return !l.owns(pid) })
 }
 
 // stopAll sends SIGTERM to every process of the lab, waits up to grace, then

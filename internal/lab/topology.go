@@ -32,7 +32,9 @@ func (l Layout) hosts() []host {
 
 // ensureTopology creates the underlay: the switch namespace with br0 (the
 // outside host's address on it), and per host a namespace with eth0 on br0,
-// its address and a default route via the outside host. What exists is kept.
+// its address and a default route via the outside host. Every step checks
+// the whole desired state of what it makes and completes what is missing,
+// so a run killed at any point is finished by the next one.
 func (l Layout) ensureTopology() error {
 	sw, err := ensureNS(l.NS("switch"))
 	if err != nil {
@@ -58,6 +60,9 @@ func (l Layout) ensureTopology() error {
 	return nil
 }
 
+// ensureHost wires host h: its veth pair (eth0 inside, h.role on the
+// switch), the switch port up on br0, eth0 up with its addresses, and the
+// default routes.
 func (l Layout) ensureHost(swh *netlink.Handle, br netlink.Link, h host) error {
 	path, err := ensureNS(l.NS(h.role))
 	if err != nil {
@@ -68,40 +73,64 @@ func (l Layout) ensureHost(swh *netlink.Handle, br netlink.Link, h host) error {
 		return err
 	}
 	defer hh.Close()
-	if _, err := hh.LinkByName("eth0"); err == nil {
-		return nil // already wired
-	}
-	_ = deleteLink(swh, h.role) // half-made by an interrupted run
-	ns, err := vnetns.GetFromPath(path)
+	eth0, port, err := ensureVeth(swh, hh, path, h.role)
 	if err != nil {
 		return err
 	}
-	defer ns.Close()
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = h.role
-	attrs.MasterIndex = br.Attrs().Index
-	attrs.Flags = net.FlagUp
-	if err := swh.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns)}); err != nil {
-		return fmt.Errorf("veth to switch: %w", err)
+	if port.Attrs().MasterIndex != br.Attrs().Index {
+		if err := swh.LinkSetMaster(port, br); err != nil {
+			return fmt.Errorf("attach %s to %s: %w", h.role, br.Attrs().Name, err)
+		}
 	}
-	eth0, err := hh.LinkByName("eth0")
-	if err != nil {
+	if err := swh.LinkSetUp(port); err != nil {
 		return err
 	}
 	if err := hh.LinkSetUp(eth0); err != nil {
 		return err
 	}
 	for _, a := range []netip.Prefix{netip.PrefixFrom(h.ip, Underlay.Bits()), netip.PrefixFrom(h.ip6, Underlay6.Bits())} {
-		if err := hh.AddrAdd(eth0, netlinkAddr(a)); err != nil {
-			return err
+		if err := hh.AddrReplace(eth0, netlinkAddr(a)); err != nil {
+			return fmt.Errorf("address %s: %w", a, err)
 		}
 	}
 	for _, gw := range []netip.Addr{OutsideIP, OutsideIP6} {
-		if err := hh.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: gw.AsSlice()}); err != nil {
+		if err := hh.RouteReplace(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: gw.AsSlice()}); err != nil {
 			return fmt.Errorf("default route via %s: %w", gw, err)
 		}
 	}
 	return nil
+}
+
+// ensureVeth returns the pair eth0 (in the host's namespace at path) and
+// port (in the switch's), making it unless both ends exist; a lone end left
+// by an interrupted run is deleted first.
+func ensureVeth(swh, hh *netlink.Handle, path, port string) (netlink.Link, netlink.Link, error) {
+	eth0, errE := hh.LinkByName("eth0")
+	p, errP := swh.LinkByName(port)
+	if errE == nil && errP == nil {
+		return eth0, p, nil
+	}
+	if errE == nil {
+		_ = hh.LinkDel(eth0)
+	}
+	_ = deleteLink(swh, port)
+	ns, err := vnetns.GetFromPath(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ns.Close()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = port
+	if err := swh.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns)}); err != nil {
+		return nil, nil, fmt.Errorf("veth to switch: %w", err)
+	}
+	if eth0, err = hh.LinkByName("eth0"); err != nil {
+		return nil, nil, err
+	}
+	if p, err = swh.LinkByName(port); err != nil {
+		return nil, nil, err
+	}
+	return eth0, p, nil
 }
 
 // netlinkAddr is an interface address; an IPv6 one skips duplicate address
@@ -114,14 +143,20 @@ func netlinkAddr(p netip.Prefix) *netlink.Addr {
 	return a
 }
 
+// ensureNS returns the path of the named namespace, creating it unless it
+// is there. A file at that path that is not a namespace (netns.Create
+// killed between making the file and mounting the namespace on it) is
+// replaced.
 func ensureNS(name string) (string, error) {
 	path := netns.Path(name)
-	if _, err := os.Stat(path); err == nil {
-		if ns, err := vnetns.GetFromPath(path); err == nil {
-			ns.Close()
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err == nil {
+		if st.Type == unix.NSFS_MAGIC {
 			return path, nil
 		}
-		_ = netns.Delete(name) // a file left without its mount
+		if err := netns.Delete(name); err != nil {
+			return "", err
+		}
 	}
 	return netns.Create(name)
 }

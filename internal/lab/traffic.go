@@ -60,7 +60,7 @@ func (l Layout) PodNetNS(p *corev1.Pod) string {
 	if p.Spec.HostNetwork {
 		return netns.Path(l.NS(p.Spec.NodeName))
 	}
-	return netns.Path(l.PodNS(string(p.UID)))
+	return netns.Path(l.PodNS(p.Spec.NodeName, string(p.UID)))
 }
 
 // Traffic deploys six netexec pods (namespace flatnet-demo) and shows

@@ -50,13 +50,19 @@ func (l Layout) load() (saved, error) {
 }
 
 func (l Layout) save(s saved) error {
-	b, _ := json.MarshalIndent(s, "", "  ")
-	return os.WriteFile(l.Path("lab.json"), b, 0o644)
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFile(l.Path("lab.json"), b, 0o644)
 }
 
 // Open returns the layout of an existing lab.
 func Open(stateRoot, name string) (Layout, saved, error) {
-	l := NewLayout(stateRoot, name, 0)
+	l, err := NewLayout(stateRoot, name, 0)
+	if err != nil {
+		return l, saved{}, err
+	}
 	s, err := l.load()
 	if err != nil {
 		return l, s, fmt.Errorf("lab %q is not up (no %s): %w", name, l.Path("lab.json"), err)
@@ -69,32 +75,43 @@ func step(out io.Writer, format string, args ...any) {
 	fmt.Fprintf(out, "==> "+format+"\n", args...)
 }
 
-// Up brings a lab up, or completes one that is partly up.
+// MaxNodes is the most nodes a lab has: node i's underlay address ends in
+// 10+i, and .255 is the broadcast address.
+const MaxNodes = 244
+
+// Validate reports every problem with the options at once.
+func (o Options) Validate() error {
+	var errs []error
+	if _, err := NewLayout(o.StateRoot, o.Name, o.Nodes); err != nil {
+		errs = append(errs, err)
+	}
+	if o.Nodes < 1 || o.Nodes > MaxNodes {
+		errs = append(errs, fmt.Errorf("a lab has 1 to %d nodes, not %d", MaxNodes, o.Nodes))
+	}
+	return errors.Join(errs...)
+}
+
+// Up brings a lab up, or completes one that is partly up. Each step checks
+// what is there and completes it, so an Up killed at any point is finished
+// by the next.
 func Up(ctx context.Context, o Options) error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("the lab needs root (network namespaces)")
 	}
-	if o.Nodes < 1 {
-		return errors.New("a lab needs at least one node")
-	}
-	l := NewLayout(o.StateRoot, o.Name, o.Nodes)
-	if prev, err := l.load(); err == nil && prev.Nodes != o.Nodes {
-		return fmt.Errorf("lab %q is up with %d nodes; `flatnet lab down --name %s` first to change that", o.Name, prev.Nodes, o.Name)
-	}
-	if err := ensureControlPlaneBinary(o); err != nil {
+	l, _ := NewLayout(o.StateRoot, o.Name, o.Nodes) // checked by Validate
+	if err := checkBinaries(o); err != nil {
 		return err
 	}
-	for _, b := range []string{"flatnet", "flatnetd", "flatnet-cni", "flatnet-controlplane"} {
-		if _, err := os.Stat(binPath(o.BinDir, b)); err != nil {
-			return fmt.Errorf("%s missing in %s (run ./scripts/build.sh): %w", b, o.BinDir, err)
-		}
-	}
-	if err := os.MkdirAll(l.Dir, 0o755); err != nil {
+	unlock, err := l.lock()
+	if err != nil {
 		return err
 	}
-	s, _ := l.load()
-	s.Nodes, s.BinDir = o.Nodes, o.BinDir
-	if err := l.save(s); err != nil {
+	defer unlock()
+	s, err := l.record(o)
+	if err != nil {
 		return err
 	}
 	step(o.Out, "certificates and kubeconfigs in %s", l.Path("pki"))
@@ -105,32 +122,82 @@ func Up(ctx context.Context, o Options) error {
 	if err := l.ensureTopology(); err != nil {
 		return fmt.Errorf("topology: %w", err)
 	}
+	client, err := l.upControlPlane(ctx, o, &s)
+	if err != nil {
+		return err
+	}
+	if err := l.upNodes(ctx, client, o); err != nil {
+		return err
+	}
+	kubectl := binPath(o.BinDir, "kubectl")
+	if _, err := os.Lstat(kubectl); err != nil {
+		_ = os.Symlink("flatnet-controlplane", kubectl)
+	}
+	step(o.Out, "lab %q is up: %d nodes Ready", o.Name, o.Nodes)
+	fmt.Fprintf(o.Out, "\n  export KUBECONFIG=%s\n  export PATH=%s:$PATH   # kubectl\n  kubectl get nodes,pods -o wide\n\n", l.Kubeconfig("admin"), o.BinDir)
+	return nil
+}
+
+// checkBinaries builds the control plane if needed and checks that every
+// binary the lab runs is there.
+func checkBinaries(o Options) error {
+	if err := ensureControlPlaneBinary(o); err != nil {
+		return err
+	}
+	for _, b := range []string{"flatnet", "flatnetd", "flatnet-cni", "flatnet-controlplane"} {
+		if _, err := os.Stat(binPath(o.BinDir, b)); err != nil {
+			return fmt.Errorf("%s missing in %s (run ./scripts/build.sh): %w", b, o.BinDir, err)
+		}
+	}
+	return nil
+}
+
+// record writes lab.json for o, first thing in the state directory; a lab
+// that is up keeps its number of nodes.
+func (l Layout) record(o Options) (saved, error) {
+	s, err := l.load()
+	if err == nil && s.Nodes != o.Nodes {
+		return s, fmt.Errorf("lab %q is up with %d nodes; `flatnet lab down --name %s` first to change that", o.Name, s.Nodes, o.Name)
+	}
+	s.Nodes, s.BinDir = o.Nodes, o.BinDir
+	return s, l.save(s)
+}
+
+// upControlPlane starts etcd, the API server and its forwarder, then, once
+// the API server is ready, the controllers and flatnet's RBAC.
+func (l Layout) upControlPlane(ctx context.Context, o Options, s *saved) (*kubernetes.Clientset, error) {
 	step(o.Out, "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (logs in %s)", l.Path("logs"))
 	cp := l.controlPlane(o.BinDir)
 	for _, c := range cp[:2] { // etcd, kube-apiserver
 		if err := l.start(c); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if err := l.ensureForwarder(o.BinDir, &s); err != nil {
-		return err
+	if err := l.ensureForwarder(o.BinDir, s); err != nil {
+		return nil, err
 	}
 	client, err := l.Client()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := waitAPIServer(ctx, client, 3*time.Minute); err != nil {
-		return fmt.Errorf("%w (see %s)", err, l.Path("logs", "kube-apiserver.log"))
+		return nil, fmt.Errorf("%w (see %s)", err, l.Path("logs", "kube-apiserver.log"))
 	}
 	// The controllers need the RBAC the API server bootstraps once ready.
 	for _, c := range cp[2:] {
 		if err := l.start(c); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if err := applyRBAC(ctx, client); err != nil {
-		return fmt.Errorf("apply flatnet RBAC: %w", err)
+		return nil, fmt.Errorf("apply flatnet RBAC: %w", err)
 	}
+	return client, nil
+}
+
+// upNodes starts each node's flatnetd and lab kubelet and waits until every
+// node is Ready.
+func (l Layout) upNodes(ctx context.Context, client *kubernetes.Clientset, o Options) error {
 	step(o.Out, "nodes: lab kubelet and flatnetd on each of %d nodes", o.Nodes)
 	for i := 1; i <= o.Nodes; i++ {
 		if err := os.MkdirAll(l.NodeDir(i), 0o755); err != nil {
@@ -142,16 +209,7 @@ func Up(ctx context.Context, o Options) error {
 			}
 		}
 	}
-	if err := waitNodesReady(ctx, client, o.Nodes, 3*time.Minute); err != nil {
-		return err
-	}
-	kubectl := binPath(o.BinDir, "kubectl")
-	if _, err := os.Lstat(kubectl); err != nil {
-		_ = os.Symlink("flatnet-controlplane", kubectl)
-	}
-	step(o.Out, "lab %q is up: %d nodes Ready", o.Name, o.Nodes)
-	fmt.Fprintf(o.Out, "\n  export KUBECONFIG=%s\n  export PATH=%s:$PATH   # kubectl\n  kubectl get nodes,pods -o wide\n\n", l.Kubeconfig("admin"), o.BinDir)
-	return nil
+	return waitNodesReady(ctx, client, o.Nodes, 3*time.Minute)
 }
 
 // ensureForwarder starts the loopback listener that carries kubectl's

@@ -21,7 +21,6 @@ import (
 
 	"github.com/flatnet-io/flatnet/internal/cnitest"
 	"github.com/flatnet-io/flatnet/internal/lab"
-	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
 )
 
@@ -106,8 +105,11 @@ func checkDown() error {
 			return fmt.Errorf("%v: %s", err, out)
 		}
 	}
-	l := lab.NewLayout(stateRoot, labName, nodes)
-	if left, _ := netns.List(l.Prefix()); len(left) > 0 {
+	l, err := lab.NewLayout(stateRoot, labName, nodes)
+	if err != nil {
+		return err
+	}
+	if left, _ := l.Namespaces(); len(left) > 0 {
 		return fmt.Errorf("namespaces left: %v", left)
 	}
 	if _, err := os.Stat(l.Dir); err == nil {

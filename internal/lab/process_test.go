@@ -1,0 +1,107 @@
+package lab
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// processesRunning lists the session leaders whose command line is exactly
+// argv: each start makes one (a shell's forked child has the shell's command
+// line until it execs, but not its own session).
+func processesRunning(argv []string) []int {
+	want := []byte{}
+	for _, a := range argv {
+		want = append(append(want, a...), 0)
+	}
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && alive(pid) && bytes.Equal(b, want) && sessionLeader(pid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// sleeper is a component that runs until killed and has a child of its own
+// (which inherits its environment, as flatnetd's nft does).
+func sleeper(t *testing.T, l Layout) component {
+	c := component{name: "sleeper", argv: []string{"/bin/sh", "-c", "sleep 60 & wait", l.Dir}}
+	t.Cleanup(func() {
+		for _, pid := range processesRunning(c.argv) {
+			_ = syscall.Kill(-pid, syscall.SIGKILL) // its session: sh and sleep
+		}
+	})
+	return c
+}
+
+// TestStartFindsProcessWithoutPidFile: `lab up` killed between starting a
+// process and writing its pid file must not get a second copy on the next
+// run.
+func TestStartFindsProcessWithoutPidFile(t *testing.T) {
+	l := newTestLayout(t, testLabName(""), 1)
+	c := sleeper(t, l)
+	if err := l.start(c); err != nil {
+		t.Fatal(err)
+	}
+	first := processesRunning(c.argv)
+	if len(first) != 1 {
+		t.Fatalf("%d copies after the first start, want 1", len(first))
+	}
+	if err := os.Remove(l.Path("pids", c.name)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.start(c); err != nil {
+		t.Fatal(err)
+	}
+	if got := processesRunning(c.argv); len(got) != 1 {
+		t.Fatalf("copies after a start without pid file: %v, want only %v", got, first)
+	}
+	if pid, ok := l.running(c.name); !ok || pid != first[0] {
+		t.Errorf("running(%s) = %d, %v; want %d, true", c.name, pid, ok, first[0])
+	}
+}
+
+// TestStartAfterExit: a component whose process is gone is started again.
+func TestStartAfterExit(t *testing.T) {
+	l := newTestLayout(t, testLabName(""), 1)
+	c := sleeper(t, l)
+	if err := l.start(c); err != nil {
+		t.Fatal(err)
+	}
+	first := processesRunning(c.argv)
+	if len(first) != 1 {
+		t.Fatalf("%d copies after the first start, want 1", len(first))
+	}
+	_ = syscall.Kill(-first[0], syscall.SIGKILL)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(processesRunning(c.argv)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := l.start(c); err != nil {
+		t.Fatal(err)
+	}
+	if got := processesRunning(c.argv); len(got) != 1 || got[0] == first[0] {
+		t.Fatalf("after the process died: %v, want one new process", got)
+	}
+}
+
+func sessionLeader(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	return len(fields) > 3 && fields[3] == strconv.Itoa(pid)
+}
