@@ -146,8 +146,31 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 		}
 		log.Info("service proxy running", "table", proxy.Table, "families", len(a.proxiers))
 	}
+	go a.watchEgress(ctx)
 	a.runner.Run(ctx)
 	return nil
+}
+
+// watchEgress pokes the node sync when an egress table has vanished behind
+// the agent's back (`nft flush ruleset`), checked every second, so pod
+// egress is masqueraded again at once rather than at the next resync.
+func (a *Agent) watchEgress(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, m := range a.masqs {
+			if ok, err := m.Present(ctx); err == nil && !ok && !a.runner.Status().LastSuccess.IsZero() {
+				a.log.Warn("egress table missing; rewriting it", "table", egress.Table)
+				a.runner.Poke()
+				break
+			}
+		}
+	}
 }
 
 // minSyncInterval bounds how often node events can cause a sync.

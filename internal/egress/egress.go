@@ -43,7 +43,7 @@ func New(clusterCIDR netip.Prefix) (*Masquerader, error) {
 	if clusterCIDR.Addr().Is6() {
 		fam = knftables.IPv6Family
 	}
-	nft, err := knftables.New(fam, Table)
+	nft, err := knftables.New(fam, Table, knftables.UseNetlink) // Present lists over netlink, not by running nft
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
@@ -53,6 +53,22 @@ func New(clusterCIDR netip.Prefix) (*Masquerader, error) {
 // NewWith uses the given knftables interface (a Fake in tests), made for
 // the ip6 family when v6 is set.
 func NewWith(nft knftables.Interface, v6 bool) *Masquerader { return &Masquerader{nft: nft, v6: v6} }
+
+// Present reports whether the table and its chain are in the kernel, a
+// cheap check (a netlink listing) the agent makes every second: `nft flush
+// ruleset` or a distribution's nftables service restarting deletes the
+// table behind its back, and it is rewritten at once instead of at the
+// next resync.
+func (m *Masquerader) Present(ctx context.Context) (bool, error) {
+	chains, err := m.nft.List(ctx, "chains")
+	if knftables.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("list %s: %w", Table, err)
+	}
+	return slices.Contains(chains, "postrouting"), nil
+}
 
 // Sync programs the rules for clusterCIDR (of the Masquerader's family) and
 // the node addresses of that family.

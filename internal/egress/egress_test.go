@@ -52,3 +52,36 @@ func TestSyncIPv6(t *testing.T) {
 		t.Errorf("IPv4 in the IPv6 table:\n%s", dump)
 	}
 }
+
+// Present is false until the first Sync and again once the table is
+// deleted behind the Masquerader's back.
+func TestPresent(t *testing.T) {
+	fake := knftables.NewFake(knftables.IPv4Family, Table)
+	m := NewWith(fake, false)
+	ctx := context.Background()
+	present := func() bool {
+		t.Helper()
+		ok, err := m.Present(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if present() {
+		t.Fatal("present before the first sync")
+	}
+	if err := m.Sync(ctx, netip.MustParsePrefix("10.244.0.0/16"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if !present() {
+		t.Fatal("not present after a sync")
+	}
+	tx := fake.NewTransaction()
+	tx.Delete(&knftables.Table{})
+	if err := fake.Run(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	if present() {
+		t.Fatal("present after the table was deleted")
+	}
+}
