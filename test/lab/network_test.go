@@ -159,8 +159,10 @@ func assertNodeState(t *testing.T, pods []corev1.Pod) {
 	})
 }
 
-// Restarting flatnetd keeps an established pod-to-pod TCP connection alive,
-// and the routes converge again.
+// Restarting flatnetd keeps an established pod-to-pod TCP connection alive
+// and every UDP flow through a ClusterIP on its backend (the restarted
+// proxy clears only conntrack entries no endpoint answers), and the routes
+// converge again.
 func TestFlatnetdRestartKeepsConnections(t *testing.T) {
 	requireLab(t)
 	ns := namespace(t)
@@ -174,6 +176,15 @@ func TestFlatnetdRestartKeepsConnections(t *testing.T) {
 	defer c.Close()
 	if _, err := probe.Request(c, addr, "/hostname"); err != nil {
 		t.Fatalf("before restart: %v", err)
+	}
+	vip := net.JoinHostPort(service(t, ns, "restart", nil).Spec.ClusterIP, "81")
+	hostname(t, podNS(&from), net.JoinHostPort(host(vip), "80"))
+	flows := udpFlows(t, podNS(&from), vip, 6)
+	before := make([]string, len(flows))
+	for i, ask := range flows {
+		if before[i] = ask(); before[i] == "" {
+			t.Fatalf("UDP flow %d through %s: no answer", i, vip)
+		}
 	}
 	for i := 1; i <= nodes; i++ {
 		pid, err := readPid(fmt.Sprintf("flatnetd-%s", layout.NodeName(i)))
@@ -210,6 +221,40 @@ func TestFlatnetdRestartKeepsConnections(t *testing.T) {
 	if got, err := probe.Request(c, addr, "/hostname"); err != nil || got != to.Name {
 		t.Fatalf("after restart, on the same connection: %q, %v", got, err)
 	}
+	for i, ask := range flows {
+		if got := ask(); got != before[i] {
+			t.Errorf("UDP flow %d through %s moved from %s to %q across the restart", i, vip, before[i], got)
+		}
+	}
+}
+
+// udpFlows opens n UDP sockets from a namespace to addr (a netexec UDP
+// port); each ask sends "hostname" on its own socket and returns the
+// answer ("" for none), so each is one conntrack flow.
+func udpFlows(t *testing.T, nsPath, addr string, n int) []func() string {
+	t.Helper()
+	var out []func() string
+	for range n {
+		conn, err := probe.Dial(nsPath, "udp", addr, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		out = append(out, func() string {
+			buf := make([]byte, 256)
+			for range 3 {
+				_ = conn.SetDeadline(time.Now().Add(time.Second))
+				if _, err := conn.Write([]byte("hostname")); err != nil {
+					continue
+				}
+				if n, err := conn.Read(buf); err == nil {
+					return string(buf[:n])
+				}
+			}
+			return ""
+		})
+	}
+	return out
 }
 
 func readPid(component string) (int, error) {
