@@ -228,3 +228,31 @@ func TestAddressOwnership(t *testing.T) {
 		t.Errorf("conflicting frontends %v after the owners left, want 0", got)
 	}
 }
+
+// A restarted proxier reads back the UDP frontends the table held: flows
+// to a Service deleted while no proxier ran are cleared, those of a
+// Service that stays are not.
+func TestRestartClearsFlowsOfServicesDeletedMeanwhile(t *testing.T) {
+	before, fake, _ := newFakeProxier(t)
+	dns := service("dns", "10.96.0.53", corev1.ServicePort{Port: 53, Protocol: corev1.ProtocolUDP})
+	before.UpdateService(dns)
+	before.UpdateSlice(slice("dns", 53, corev1.ProtocolUDP, ready("10.244.1.3", "node-1")))
+	before.UpdateService(service("ntp", "10.96.0.123", corev1.ServicePort{Port: 123, Protocol: corev1.ProtocolUDP}))
+	before.UpdateSlice(slice("ntp", 123, corev1.ProtocolUDP, ready("10.244.1.4", "node-1")))
+	if err := before.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ct := &recordingConntrack{}
+	after := New(before.cfg, fake, ct, before.log)
+	t.Cleanup(after.Close)
+	after.UpdateService(dns)
+	after.UpdateSlice(slice("dns", 53, corev1.ProtocolUDP, ready("10.244.1.3", "node-1")))
+	if err := after.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(ct.cleared)
+	want := []string{"udp 10.96.0.123:123", "udp 10.96.0.53:53 unless answered by [10.244.1.3]"}
+	if !slices.Equal(ct.cleared, want) {
+		t.Fatalf("the restarted proxier cleared %v, want %v", ct.cleared, want)
+	}
+}

@@ -66,7 +66,9 @@
 // nothing of what the last one programmed, so it judges the conntrack table
 // itself: only UDP flows to a Service port that are not answered by one of
 // its usable endpoints are deleted (see reconcileFlows); live flows keep
-// their backends across a restart.
+// their backends across a restart. It also reads back the UDP frontends
+// the table held (readback.go), so that flows to a Service deleted while
+// no proxy ran are cleared too.
 //
 // Self-healing: when idle, each sync (every CheckInterval) verifies over
 // netlink that the table still has every chain, set and map the proxier
@@ -145,6 +147,8 @@ type Proxier struct {
 	programmed map[ServicePortName]*portObjects
 	lastFull   time.Time
 	baseRules  map[string]int          // rules per fixed chain
+	previous   []frontend              // UDP frontends a previous process left in the table (readback.go)
+	readBack   bool                    // previous was read
 	shared     map[string]sharedObject // the shared chains and maps of balance.go
 }
 

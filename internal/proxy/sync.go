@@ -37,6 +37,13 @@ func (p *Proxier) sync(ctx context.Context, snap snapshot) error {
 		p.metrics.observeKind("partial")
 		return p.partialSync(ctx, snap)
 	}
+	if !p.readBack {
+		var err error
+		if p.previous, err = p.tableFrontends(ctx); err != nil {
+			p.log.Warn("cannot read back the table; UDP flows of Services deleted meanwhile stay until conntrack forgets them", "err", err)
+		}
+		p.readBack = true
+	}
 	start := time.Now()
 	p.metrics.observeKind("full")
 	if err := p.fullSync(ctx, snap); err != nil {
@@ -288,7 +295,8 @@ func deleteUnusedShared(tx *knftables.Transaction, shared map[string]sharedObjec
 func (p *Proxier) afterSync(snap snapshot, programmed map[ServicePortName]*portObjects) {
 	flows := staleFlows(p.programmed, programmed, snap.zone)
 	if p.programmed == nil {
-		flows = reconcileFlows(programmed, snap.zone)
+		flows = append(reconcileFlows(programmed, snap.zone), goneFlows(p.previous, programmed)...)
+		p.previous = nil
 	}
 	if err := p.ct.Delete(flows); err != nil {
 		p.log.Warn("clear stale conntrack entries", "err", err)

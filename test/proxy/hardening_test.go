@@ -117,7 +117,13 @@ func TestFlowsSurviveARestart(t *testing.T) {
 	sl.Ports = append(sl.Ports, linesPort())
 	e.proxier.UpdateService(svc("web", "10.96.0.80", lines))
 	e.proxier.UpdateSlice(sl)
+	e.proxier.UpdateService(svc("gone", "10.96.0.81"))
+	e.proxier.UpdateSlice(slice("gone", readyOn(a, "node-1")))
 	e.sync()
+	toGone := udpSocket(t, client.ns, "10.96.0.81:81")
+	if got := toGone(); got != "a" {
+		t.Fatalf("UDP to the Service to be deleted: %q", got)
+	}
 
 	conn, err := probe.Dial(client.ns, "tcp", "10.96.0.80:82", 2*time.Second)
 	if err != nil {
@@ -162,6 +168,12 @@ func TestFlowsSurviveARestart(t *testing.T) {
 		if got := ask(); got != before[i] {
 			t.Errorf("UDP flow %d moved from %s to %q after the restart", i, before[i], got)
 		}
+	}
+	// "gone" was deleted while no proxier ran: the restarted one read its
+	// address back from the table and cleared its flow, which reached
+	// the old endpoint until then.
+	if got := toGone(); got != "" {
+		t.Errorf("a UDP flow to a Service deleted during the restart still reaches %s", got)
 	}
 }
 

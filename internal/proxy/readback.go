@@ -1,0 +1,77 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/knftables"
+)
+
+// tableFrontends reads back the UDP frontends of Services with endpoints
+// that the table holds: what the previous flatnetd programmed, for a
+// restarted one. Its first sync cannot know otherwise that a Service was
+// deleted while no proxy ran, and the UDP flows to it would keep going to
+// its old endpoints until conntrack forgets them. Two map listings, once
+// per process.
+func (p *Proxier) tableFrontends(ctx context.Context) ([]frontend, error) {
+	var out []frontend
+	for _, m := range []string{serviceIPsMap, serviceNodePortsMap} {
+		elems, err := p.nft.ListElements(ctx, "map", m)
+		if knftables.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list map %s: %w", m, err)
+		}
+		for _, e := range elems {
+			if f, ok := parseFrontend(e.Key); ok && f.proto == corev1.ProtocolUDP {
+				out = append(out, f)
+			}
+		}
+	}
+	return out, nil
+}
+
+// parseFrontend reads a key of the Service maps: "address . protocol .
+// port" or, for a NodePort, "protocol . port".
+func parseFrontend(key []string) (frontend, bool) {
+	var f frontend
+	if len(key) == 3 {
+		a, err := netip.ParseAddr(key[0])
+		if err != nil {
+			return f, false
+		}
+		f.addr, key = a, key[1:]
+	}
+	if len(key) != 2 {
+		return f, false
+	}
+	port, err := strconv.ParseUint(key[1], 10, 16)
+	if err != nil {
+		return f, false
+	}
+	f.proto, f.port = corev1.Protocol(strings.ToUpper(key[0])), uint16(port)
+	return f, true
+}
+
+// goneFlows names the UDP flows to frontends the table held before this
+// process and no Service port has now.
+func goneFlows(before []frontend, cur map[ServicePortName]*portObjects) []Flow {
+	now := map[frontend]bool{}
+	for _, o := range cur {
+		for f := range claimsOf(o.sp) {
+			now[f] = true
+		}
+	}
+	var out []Flow
+	for _, f := range before {
+		if !now[f] {
+			out = append(out, Flow{Protocol: 17, Dst: f.addr, Port: f.port})
+		}
+	}
+	return out
+}
