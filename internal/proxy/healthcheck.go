@@ -37,18 +37,20 @@ func newHealthServer(log *slog.Logger, fam Family) *healthServer {
 	return &healthServer{log: log, network: network, servers: map[uint16]*hcServer{}}
 }
 
-func (h *healthServer) update(ports []*ServicePort, eps map[ServicePortName][]Endpoint) {
+func (h *healthServer) update(state map[types.NamespacedName]*serviceState) {
 	want := map[uint16]*hcServer{}
-	for _, sp := range ports {
-		if !sp.ExternalLocal || sp.HealthCheckPort == 0 {
-			continue
+	for _, st := range state {
+		for _, sp := range st.ports {
+			if !sp.ExternalLocal || sp.HealthCheckPort == 0 {
+				continue
+			}
+			s := want[sp.HealthCheckPort]
+			if s == nil {
+				s = &hcServer{service: sp.Name.Service}
+				want[sp.HealthCheckPort] = s
+			}
+			s.local += len(usable(st.eps[sp.Name], true, "", false))
 		}
-		s := want[sp.HealthCheckPort]
-		if s == nil {
-			s = &hcServer{service: sp.Name.Service}
-			want[sp.HealthCheckPort] = s
-		}
-		s.local += len(usable(eps[sp.Name], true, "", false))
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -94,6 +94,24 @@ func (n *mergingNFTables) ListRules(_ context.Context, chain string) ([]*knftabl
 	return out, nil
 }
 
+// MapKeys lists the keys of map name over netlink, as the kernel stores
+// them (see readback.go). Listing them with knftables runs `nft --json
+// list map`, which took 0.4 s for the 10,000 elements of a restart.
+func (n *mergingNFTables) MapKeys(name string) ([][]byte, error) {
+	elems, err := n.conn.GetSetElements(&gnftables.Set{Table: &gnftables.Table{Name: n.table, Family: n.gfamily}, Name: name})
+	if err != nil {
+		if strings.Contains(err.Error(), unix.ENOENT.Error()) {
+			return nil, nil // no such table or map
+		}
+		return nil, fmt.Errorf("list map %s: %w", name, err)
+	}
+	keys := make([][]byte, len(elems))
+	for i, e := range elems {
+		keys[i] = e.Key
+	}
+	return keys, nil
+}
+
 // Run renders tx, merges its element additions and runs it with `nft -f -`,
 // as one transaction.
 func (n *mergingNFTables) Run(ctx context.Context, tx *knftables.Transaction) error {

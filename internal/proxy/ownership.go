@@ -74,15 +74,15 @@ func b2i(b bool) int {
 
 // ownership indexes every claim of every Service.
 type ownership struct {
-	claims     map[frontend][]claimant // sorted, oldest first
-	clusterIPs map[netip.Addr]map[types.NamespacedName]bool
+	claims     map[frontend][]claimant                      // sorted, oldest first
+	clusterIPs map[netip.Addr]int                           // Service ports with this ClusterIP
 	externals  map[netip.Addr]map[types.NamespacedName]bool // who names an address as external
 	bySvc      map[types.NamespacedName][]*ServicePort      // the ports each Service claims with
 	created    map[types.NamespacedName]time.Time
 }
 
 func newOwnership() *ownership {
-	return &ownership{claims: map[frontend][]claimant{}, clusterIPs: map[netip.Addr]map[types.NamespacedName]bool{},
+	return &ownership{claims: map[frontend][]claimant{}, clusterIPs: map[netip.Addr]int{},
 		externals: map[netip.Addr]map[types.NamespacedName]bool{}, bySvc: map[types.NamespacedName][]*ServicePort{},
 		created: map[types.NamespacedName]time.Time{}}
 }
@@ -135,7 +135,9 @@ func (o *ownership) set(key types.NamespacedName, created time.Time, ports []*Se
 				delete(o.claims, f)
 			}
 		}
-		removeFrom(o.clusterIPs, sp.ClusterIP, key)
+		if o.clusterIPs[sp.ClusterIP]--; o.clusterIPs[sp.ClusterIP] <= 0 {
+			delete(o.clusterIPs, sp.ClusterIP)
+		}
 		for _, ip := range sp.ExternalIPs {
 			removeFrom(o.externals, ip, key)
 		}
@@ -149,7 +151,7 @@ func (o *ownership) set(key types.NamespacedName, created time.Time, ports []*Se
 			o.claims[f] = slices.Insert(o.claims[f], i, c)
 			touch(f)
 		}
-		addTo(o.clusterIPs, sp.ClusterIP, key)
+		o.clusterIPs[sp.ClusterIP]++
 		for _, ip := range sp.ExternalIPs {
 			addTo(o.externals, ip, key)
 		}
@@ -194,7 +196,7 @@ func (o *ownership) filter(ports []*ServicePort) (out []*ServicePort, conflicts 
 		keep.ExternalIPs = nil
 		for i, f := range ext {
 			switch {
-			case len(o.clusterIPs[f.addr]) > 0:
+			case o.clusterIPs[f.addr] > 0:
 				conflicts = append(conflicts, fmt.Sprintf("external IP %s of port %s is a ClusterIP", f.addr, sp.Name))
 			case !o.owns(sp, f):
 				conflicts = append(conflicts, fmt.Sprintf("%s of port %s belongs to the older %s", f, sp.Name, o.claims[f][0].port))

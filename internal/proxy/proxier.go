@@ -146,10 +146,11 @@ type Proxier struct {
 	// programmed, per Service port; nil until the first success.
 	programmed map[ServicePortName]*portObjects
 	lastFull   time.Time
-	baseRules  map[string]int          // rules per fixed chain
-	previous   []frontend              // UDP frontends a previous process left in the table (readback.go)
-	readBack   bool                    // previous was read
-	shared     map[string]sharedObject // the shared chains and maps of balance.go
+	baseRules  map[string]int             // rules per fixed chain
+	previous   []frontend                 // UDP frontends a previous process left in the table (readback.go)
+	readBack   bool                       // previous was read
+	expected   map[string]map[string]bool // names verify looks for; nil after a sync
+	shared     map[string]sharedObject    // the shared chains and maps of balance.go
 }
 
 // FullSyncPeriod is how often a sync rewrites the whole table even when the
@@ -271,10 +272,12 @@ type serviceState struct {
 	conflicts []string
 }
 
-// snapshot is the desired state at one instant.
+// snapshot is the desired state at one instant. state is p.state itself,
+// not a copy: only snapshot changes it, and only Sync calls snapshot (the
+// runner never runs two Syncs at once), so it stays as it is until the
+// next Sync.
 type snapshot struct {
-	ports       []*ServicePort
-	eps         map[ServicePortName][]Endpoint
+	state       map[types.NamespacedName]*serviceState
 	dirty       map[types.NamespacedName]bool // Services changed since the last snapshot
 	triggers    map[types.NamespacedName]time.Time
 	zone        string
@@ -291,7 +294,7 @@ type conflictEvent struct {
 func (p *Proxier) snapshot() (snapshot, []conflictEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := snapshot{eps: make(map[ServicePortName][]Endpoint, len(p.state)), dirty: p.dirty, triggers: p.triggers,
+	s := snapshot{state: p.state, dirty: p.dirty, triggers: p.triggers,
 		zone: p.zone, zoneChanged: p.zoneChanged, full: p.needFull}
 	p.triggers, p.dirty, p.zoneChanged, p.needFull = map[types.NamespacedName]time.Time{}, map[types.NamespacedName]bool{}, false, false
 	for _, key := range slices.Collect(maps.Keys(s.dirty)) {
@@ -306,10 +309,6 @@ func (p *Proxier) snapshot() (snapshot, []conflictEvent) {
 		}
 	}
 	p.metrics.conflicts.Set(float64(p.conflicts))
-	for _, st := range p.state {
-		s.ports = append(s.ports, st.ports...)
-		maps.Copy(s.eps, st.eps)
-	}
 	return s, events
 }
 
@@ -356,7 +355,8 @@ func (p *Proxier) refilter(st *serviceState) []string {
 	return nil
 }
 
-// Sync programs the current state in one transaction.
+// Sync programs the current state in one transaction. It must not run
+// twice at once (Run calls it from one goroutine).
 func (p *Proxier) Sync(ctx context.Context) error {
 	start := time.Now()
 	snap, events := p.snapshot()

@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/knftables"
 )
@@ -18,6 +20,9 @@ import (
 // its old endpoints until conntrack forgets them. Two map listings, once
 // per process.
 func (p *Proxier) tableFrontends(ctx context.Context) ([]frontend, error) {
+	if raw, ok := p.nft.(rawKeyLister); ok {
+		return p.rawFrontends(raw)
+	}
 	var out []frontend
 	for _, m := range []string{serviceIPsMap, serviceNodePortsMap} {
 		elems, err := p.nft.ListElements(ctx, "map", m)
@@ -31,6 +36,43 @@ func (p *Proxier) tableFrontends(ctx context.Context) ([]frontend, error) {
 			if f, ok := parseFrontend(e.Key); ok && f.proto == corev1.ProtocolUDP {
 				out = append(out, f)
 			}
+		}
+	}
+	return out, nil
+}
+
+// rawKeyLister lists a map's keys in the kernel's own layout (NewNFTables
+// does, over netlink).
+type rawKeyLister interface {
+	MapKeys(name string) ([][]byte, error)
+}
+
+// rawFrontends decodes the keys of the Service maps as the kernel keeps a
+// concatenation: each field padded to 4 bytes, "address . protocol . port"
+// (4 or 16 bytes of address) and "protocol . port", the port big-endian.
+func (p *Proxier) rawFrontends(raw rawKeyLister) ([]frontend, error) {
+	addrLen := 4
+	if p.cfg.Family == IPv6 {
+		addrLen = 16
+	}
+	var out []frontend
+	for _, m := range []struct {
+		name string
+		addr int
+	}{{serviceIPsMap, addrLen}, {serviceNodePortsMap, 0}} {
+		keys, err := raw.MapKeys(m.name)
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range keys {
+			if len(k) != m.addr+8 || k[m.addr] != unix.IPPROTO_UDP {
+				continue
+			}
+			f := frontend{proto: corev1.ProtocolUDP, port: binary.BigEndian.Uint16(k[m.addr+4:])}
+			if m.addr > 0 {
+				f.addr, _ = netip.AddrFromSlice(k[:m.addr])
+			}
+			out = append(out, f)
 		}
 	}
 	return out, nil
@@ -70,7 +112,7 @@ func goneFlows(before []frontend, cur map[ServicePortName]*portObjects) []Flow {
 	var out []Flow
 	for _, f := range before {
 		if !now[f] {
-			out = append(out, Flow{Protocol: 17, Dst: f.addr, Port: f.port})
+			out = append(out, Flow{Protocol: unix.IPPROTO_UDP, Dst: f.addr, Port: f.port})
 		}
 	}
 	return out

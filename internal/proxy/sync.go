@@ -88,9 +88,11 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 	tx.Flush(&knftables.Set{Name: clusterIPsSet})
 	tx.Flush(&knftables.Set{Name: hairpinSet})
 	b.baseRules()
-	programmed := make(map[ServicePortName]*portObjects, len(snap.ports))
-	for _, sp := range snap.ports {
-		programmed[sp.Name] = b.servicePort(sp, snap.eps[sp.Name])
+	programmed := make(map[ServicePortName]*portObjects, len(p.programmed))
+	for _, st := range snap.state {
+		for _, sp := range st.ports {
+			programmed[sp.Name] = b.servicePort(sp, st.eps[sp.Name])
+		}
 	}
 	b.hairpinElements()
 	for _, c := range existingChains {
@@ -144,14 +146,17 @@ var fixedSets = map[string]bool{serviceIPsMap: true, serviceNodePortsMap: true, 
 func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 	current := map[ServicePortName]*ServicePort{}
 	var changed []*ServicePort
-	for _, sp := range snap.ports {
-		if !snap.dirty[sp.Name.Service] {
+	for key := range snap.dirty {
+		st := snap.state[key]
+		if st == nil {
 			continue
 		}
-		current[sp.Name] = sp
-		old := p.programmed[sp.Name]
-		if old == nil || !reflect.DeepEqual(old.sp, sp) || !reflect.DeepEqual(old.eps, snap.eps[sp.Name]) {
-			changed = append(changed, sp)
+		for _, sp := range st.ports {
+			current[sp.Name] = sp
+			old := p.programmed[sp.Name]
+			if old == nil || !reflect.DeepEqual(old.sp, sp) || !reflect.DeepEqual(old.eps, st.eps[sp.Name]) {
+				changed = append(changed, sp)
+			}
 		}
 	}
 	var removed []ServicePortName
@@ -161,7 +166,7 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 		}
 	}
 	if len(changed) == 0 && len(removed) == 0 {
-		p.health.update(snap.ports, snap.eps)
+		p.health.update(snap.state)
 		return nil
 	}
 	tx := p.nft.NewTransaction()
@@ -176,7 +181,7 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 		stale[name] = p.programmed[name]
 	}
 	clearStale(tx, stale)
-	programmed := make(map[ServicePortName]*portObjects, len(snap.ports))
+	programmed := make(map[ServicePortName]*portObjects, len(p.programmed))
 	for name, objs := range p.programmed {
 		programmed[name] = objs
 	}
@@ -184,7 +189,7 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 		delete(programmed, name)
 	}
 	for _, sp := range changed {
-		programmed[sp.Name] = b.servicePort(sp, snap.eps[sp.Name])
+		programmed[sp.Name] = b.servicePort(sp, snap.state[sp.Name.Service].eps[sp.Name])
 	}
 	b.hairpinElements()
 	deleteReplaced(tx, stale, programmed)
@@ -302,7 +307,8 @@ func (p *Proxier) afterSync(snap snapshot, programmed map[ServicePortName]*portO
 		p.log.Warn("clear stale conntrack entries", "err", err)
 	}
 	p.programmed = programmed
-	p.health.update(snap.ports, snap.eps)
+	p.health.update(snap.state)
+	p.expected = nil // verify lists them again
 	rules, elems, chains := 0, 0, len(p.baseRules)
 	for _, n := range p.baseRules {
 		rules += n

@@ -20,7 +20,10 @@ import (
 // Over netlink (NewNFTables) a check costs three name dumps and a rule
 // dump per fixed chain: it runs every CheckInterval when nothing changed.
 func (p *Proxier) verify(ctx context.Context) (string, error) {
-	want := p.expectedObjects()
+	if p.expected == nil {
+		p.expected = p.expectedObjects()
+	}
+	want := p.expected
 	var damage []string
 	existing, err := p.listObjects(ctx)
 	if err != nil {
