@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os/exec"
 	"slices"
 	"strings"
@@ -208,18 +209,32 @@ func TestTableRestoredAfterAFlush(t *testing.T) {
 	}
 }
 
-// waitServed waits until a TCP connection to addr reaches backend.
+// waitServed waits until a TCP connection to addr reaches backend, trying
+// a new connection every 100 ms, each given 250 ms (a SYN lost to a missing
+// table would otherwise wait for its retransmit, 1 s later).
 func waitServed(t *testing.T, from, addr, backend string, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		r, err := tcp(from, addr)
+		r, err := tcpWithin(from, addr, 250*time.Millisecond)
 		if err == nil && backendOf(r) == backend {
 			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s not served by %s within %s: %q %v", addr, backend, within, r, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// tcpWithin is tcp with a deadline for the whole exchange.
+func tcpWithin(nsPath, addr string, timeout time.Duration) (string, error) {
+	c, err := probe.Dial(nsPath, "tcp", addr, timeout)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	b, err := io.ReadAll(c)
+	return string(b), err
 }
