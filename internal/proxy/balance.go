@@ -68,13 +68,11 @@ type sharedObject struct {
 // slots fills slot i of key (an address . protocol . port, or a protocol .
 // port for a NodePort) with eps[i], and returns the shared chain that picks
 // one of the len(eps) slots.
-func (b *builder) slots(kind string, key []string, eps []Endpoint) string {
+func (b *portBuilder) slots(kind string, key []string, eps []Endpoint) string {
 	for i, e := range eps {
 		b.noteHairpin(e)
 		m := b.slot(kind == nodePortLB, i)
-		if b.cur != nil {
-			b.cur.elements = append(b.cur.elements, mapElement{m: m, key: key})
-		}
+		b.rec.elements = append(b.rec.elements, mapElement{m: m, key: key})
 		b.add(m, &knftables.Element{Map: m, Key: key, Value: []string{e.IP.String(), strconv.Itoa(int(e.Port))}})
 	}
 	return b.lbShared(kind, len(eps))
@@ -82,7 +80,7 @@ func (b *builder) slots(kind string, key []string, eps []Endpoint) string {
 
 // slot makes sure endpoint map i and its slot chain exist and returns the
 // map.
-func (b *builder) slot(nodePort bool, i int) string {
+func (b *portBuilder) slot(nodePort bool, i int) string {
 	ip, addr := b.cfg.Family.ip(), b.cfg.Family.addrType()
 	m, chain := endpointsMap+"-"+strconv.Itoa(i), slotChain(nodePort, i)
 	typ, rule := addr+" . inet_proto . inet_service : "+addr+" . inet_service", []any{"dnat", ip, "to", ip, "daddr . meta l4proto . th dport map", "@" + m}
@@ -106,7 +104,7 @@ func slotChain(nodePort bool, i int) string {
 
 // lbShared makes sure chain kind-n exists: masquerade if kind says so, then
 // one of the n slots at random.
-func (b *builder) lbShared(kind string, n int) string {
+func (b *portBuilder) lbShared(kind string, n int) string {
 	name := kind + "-" + strconv.Itoa(n)
 	var rules [][]any
 	if kind != clusterLB {
@@ -126,7 +124,7 @@ func (b *builder) lbShared(kind string, n int) string {
 }
 
 // sharedChain adds chain name with rules unless the table has it already.
-func (b *builder) sharedChain(name string, tier int, rules ...[]any) {
+func (b *portBuilder) sharedChain(name string, tier int, rules ...[]any) {
 	b.chains[name] = true
 	if !b.use(name, tier) {
 		return
@@ -140,10 +138,8 @@ func (b *builder) sharedChain(name string, tier int, rules ...[]any) {
 
 // use counts the Service port being built as a user of shared object name
 // and says whether the table still needs it added.
-func (b *builder) use(name string, tier int) bool {
-	if b.cur != nil {
-		b.cur.shared = append(b.cur.shared, name)
-	}
+func (b *portBuilder) use(name string, tier int) bool {
+	b.rec.shared = append(b.rec.shared, name)
 	if tier == tierMap {
 		b.sets[name] = true
 	}
@@ -154,11 +150,9 @@ func (b *builder) use(name string, tier int) bool {
 	return true
 }
 
-func (b *builder) noteHairpin(e Endpoint) {
+func (b *portBuilder) noteHairpin(e Endpoint) {
 	b.hairpin[e.IP] = true
-	if b.cur != nil {
-		b.cur.hairpin = append(b.cur.hairpin, e.IP)
-	}
+	b.rec.hairpin = append(b.rec.hairpin, e.IP)
 }
 
 // lbChain (a chain of the Service port's own) balances over eps at random,
@@ -169,7 +163,7 @@ func (b *builder) noteHairpin(e Endpoint) {
 // over the N endpoints and needs no anonymous set. Anonymous sets (one per
 // vmap rule) cost the kernel ~0.8 ms each to create: 10,000 Services took
 // 8.7 s to load with them and 0.67 s without (measured with nft -f).
-func (b *builder) lbChain(name string, sp *ServicePort, eps []Endpoint) {
+func (b *portBuilder) lbChain(name string, sp *ServicePort, eps []Endpoint) {
 	if b.chains[name] {
 		return
 	}
@@ -199,7 +193,7 @@ func (b *builder) lbChain(name string, sp *ServicePort, eps []Endpoint) {
 
 // endpointChain (only for session affinity) records the client in the
 // endpoint's affinity set and DNATs to it.
-func (b *builder) endpointChain(sp *ServicePort, e Endpoint) {
+func (b *portBuilder) endpointChain(sp *ServicePort, e Endpoint) {
 	name := epChain(sp, e)
 	if b.chains[name] {
 		return
@@ -208,9 +202,7 @@ func (b *builder) endpointChain(sp *ServicePort, e Endpoint) {
 	set := affinitySet(sp, e)
 	if !b.sets[set] {
 		b.sets[set] = true
-		if b.cur != nil {
-			b.cur.sets = append(b.cur.sets, set)
-		}
+		b.rec.sets = append(b.rec.sets, set)
 		secs := int(sp.AffinityTimeout.Seconds())
 		b.tx.Add(&knftables.Set{Name: set, Type: b.cfg.Family.addrType(), Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
 			Timeout: knftables.PtrTo(sp.AffinityTimeout), Comment: knftables.PtrTo(fmt.Sprintf("clients of %s (%ds affinity)", e, secs))})

@@ -168,11 +168,40 @@ func clusterIPOf(svc *corev1.Service, fam Family) netip.Addr {
 	return netip.Addr{}
 }
 
+// endpoint is what the proxy needs of an EndpointSlice endpoint on port
+// (its address is set per address).
+func endpoint(e discoveryv1.Endpoint, port uint16, node string) Endpoint {
+	ep := Endpoint{
+		Port:        port,
+		Ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
+		Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
+		Local:       e.NodeName != nil && *e.NodeName == node,
+	}
+	ep.Serving = e.Conditions.Serving == nil && ep.Ready || e.Conditions.Serving != nil && *e.Conditions.Serving
+	if e.Hints != nil {
+		for _, z := range e.Hints.ForZones {
+			ep.Zones = append(ep.Zones, z.Name)
+		}
+	}
+	return ep
+}
+
+// portKey matches a Service port with the EndpointSlice ports of the
+// same name and protocol.
+type portKey struct {
+	name  string
+	proto corev1.Protocol
+}
+
 // sliceEndpoints collects the endpoints of every port of a Service from its
 // EndpointSlices of family fam, deduplicated by address and port.
-func sliceEndpoints(slicesOf []*discoveryv1.EndpointSlice, node string, fam Family) map[string][]Endpoint {
-	out := map[string][]Endpoint{} // key: port name + "/" + protocol
-	seen := map[string]bool{}
+func sliceEndpoints(slicesOf []*discoveryv1.EndpointSlice, node string, fam Family) map[portKey][]Endpoint {
+	out := map[portKey][]Endpoint{}
+	type endpointOf struct {
+		port portKey
+		at   netip.AddrPort
+	}
+	seen := map[endpointOf]bool{}
 	for _, s := range slicesOf {
 		if s.AddressType != fam.addressType() {
 			continue
@@ -188,27 +217,16 @@ func sliceEndpoints(slicesOf []*discoveryv1.EndpointSlice, node string, fam Fami
 			if p.Protocol != nil {
 				proto = *p.Protocol
 			}
-			key := name + "/" + string(proto)
+			key := portKey{name, proto}
 			for _, e := range s.Endpoints {
-				ep := Endpoint{
-					Port:        uint16(*p.Port),
-					Ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
-					Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
-					Local:       e.NodeName != nil && *e.NodeName == node,
-				}
-				ep.Serving = e.Conditions.Serving == nil && ep.Ready || e.Conditions.Serving != nil && *e.Conditions.Serving
-				if e.Hints != nil {
-					for _, z := range e.Hints.ForZones {
-						ep.Zones = append(ep.Zones, z.Name)
-					}
-				}
+				ep := endpoint(e, uint16(*p.Port), node)
 				for _, a := range e.Addresses {
 					ip, ok := parseAddr(a)
 					if !ok {
 						continue
 					}
 					ep.IP = ip
-					id := key + "/" + ep.String()
+					id := endpointOf{key, netip.AddrPortFrom(ep.IP, ep.Port)}
 					if seen[id] {
 						continue
 					}

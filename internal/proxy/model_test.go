@@ -91,7 +91,7 @@ func TestSliceEndpointsMergesAndDeduplicates(t *testing.T) {
 	s2.Name = "web-def"
 	v6 := slice("web", 8080, corev1.ProtocolTCP, ready("fd00::2", "node-1"))
 	v6.AddressType = discoveryv1.AddressTypeIPv6
-	got := sliceEndpoints([]*discoveryv1.EndpointSlice{s1, s2, v6}, "node-1", IPv4)["/TCP"]
+	got := sliceEndpoints([]*discoveryv1.EndpointSlice{s1, s2, v6}, "node-1", IPv4)[portKey{"", corev1.ProtocolTCP}]
 	if len(got) != 2 || !got[0].Local || got[1].Local {
 		t.Fatalf("endpoints: %+v", got)
 	}

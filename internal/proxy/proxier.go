@@ -336,7 +336,7 @@ func (p *Proxier) recompute(key types.NamespacedName) map[types.NamespacedName]b
 	}
 	for _, sp := range servicePorts(svc, p.cfg.Family) {
 		st.claimed = append(st.claimed, sp)
-		st.eps[sp.Name] = byPort[sp.Name.Port+"/"+string(sp.Name.Protocol)]
+		st.eps[sp.Name] = byPort[portKey{sp.Name.Port, sp.Name.Protocol}]
 	}
 	p.state[key] = st
 	return p.owners.set(key, svc.CreationTimestamp.Time, st.claimed)

@@ -249,15 +249,14 @@ func deleteUnused(tx *knftables.Transaction, stale, programmed map[ServicePortNa
 			pairs[ip] = true
 		}
 	}
-	gone := map[string]bool{}
 	for _, old := range stale {
-		if !vips[old.sp.ClusterIP] && !gone["vip"+old.sp.ClusterIP.String()] {
-			gone["vip"+old.sp.ClusterIP.String()] = true
+		if !vips[old.sp.ClusterIP] {
+			vips[old.sp.ClusterIP] = true // deleted once
 			tx.Delete(&knftables.Element{Set: clusterIPsSet, Key: []string{old.sp.ClusterIP.String()}})
 		}
 		for _, ip := range old.hairpin {
-			if !pairs[ip] && !gone["hp"+ip.String()] {
-				gone["hp"+ip.String()] = true
+			if !pairs[ip] {
+				pairs[ip] = true
 				tx.Delete(&knftables.Element{Set: hairpinSet, Key: []string{ip.String(), ip.String()}})
 			}
 		}
