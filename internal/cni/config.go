@@ -117,6 +117,38 @@ func (c *Config) validate() error {
 	if c.MTU < 0 || c.MTU > 65535 || c.MTU > 0 && c.MTU < 576 {
 		return fmt.Errorf("mtu %d is outside 576..65535", c.MTU)
 	}
+	if err := c.validateIPAM(); err != nil {
+		return err
+	}
+	for _, r := range nc.IPAM.Routes {
+		if err := c.validateRoute(r); err != nil {
+			return err
+		}
+	}
+	c.Routes = nc.IPAM.Routes
+	for _, s := range nc.RuntimeConfig.IPs {
+		p, err := netip.ParsePrefix(s)
+		a := p.Addr()
+		if err != nil {
+			if a, err = netip.ParseAddr(s); err != nil {
+				return fmt.Errorf("runtimeConfig.ips: %q is not an IP address", s)
+			}
+		}
+		c.RequestedIPs = append(c.RequestedIPs, a)
+	}
+	if nc.RuntimeConfig.MAC != "" {
+		mac, err := net.ParseMAC(nc.RuntimeConfig.MAC)
+		if err != nil || len(mac) != 6 || mac[0]&1 == 1 {
+			return fmt.Errorf("runtimeConfig.mac: %q is not a unicast Ethernet address", nc.RuntimeConfig.MAC)
+		}
+		c.MAC = mac
+	}
+	return nil
+}
+
+// validateIPAM turns the ipam section into the allocator's configuration.
+func (c *Config) validateIPAM() error {
+	nc := &c.Conf
 	c.IPAM = ipam.Config{Network: nc.Name, DataDir: nc.IPAM.DataDir}
 	if c.IPAM.DataDir == "" {
 		c.IPAM.DataDir = DefaultDataDir
@@ -144,29 +176,6 @@ func (c *Config) validate() error {
 			return fmt.Errorf("ipam.reserved: %q is not an IP address", s)
 		}
 		c.IPAM.Reserved = append(c.IPAM.Reserved, a)
-	}
-	for _, r := range nc.IPAM.Routes {
-		if err := c.validateRoute(r); err != nil {
-			return err
-		}
-	}
-	c.Routes = nc.IPAM.Routes
-	for _, s := range nc.RuntimeConfig.IPs {
-		p, err := netip.ParsePrefix(s)
-		a := p.Addr()
-		if err != nil {
-			if a, err = netip.ParseAddr(s); err != nil {
-				return fmt.Errorf("runtimeConfig.ips: %q is not an IP address", s)
-			}
-		}
-		c.RequestedIPs = append(c.RequestedIPs, a)
-	}
-	if nc.RuntimeConfig.MAC != "" {
-		mac, err := net.ParseMAC(nc.RuntimeConfig.MAC)
-		if err != nil || len(mac) != 6 || mac[0]&1 == 1 {
-			return fmt.Errorf("runtimeConfig.mac: %q is not a unicast Ethernet address", nc.RuntimeConfig.MAC)
-		}
-		c.MAC = mac
 	}
 	return nil
 }

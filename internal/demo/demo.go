@@ -66,11 +66,6 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	fmt.Fprintf(o.Out, "node namespace %s, bridge fn0, pod CIDR %s\n", node, o.Subnet)
 
-	type pod struct {
-		cniruntime.Pod
-		ip netip.Addr
-		gw netip.Addr
-	}
 	var pods []pod
 	defer func() {
 		for _, p := range pods {
@@ -78,27 +73,55 @@ func Run(ctx context.Context, o Options) (err error) {
 		}
 	}()
 	for i := 1; i <= o.Pods; i++ {
-		name := fmt.Sprintf("pod-%d", i)
-		path, err := netns.Create(prefix + name)
+		p, err := addPod(ctx, rt, fmt.Sprintf("pod-%d", i), o.Out)
+		if p != nil {
+			pods = append(pods, *p)
+		}
 		if err != nil {
 			return err
 		}
-		p := pod{Pod: cniruntime.Pod{ID: "demo-" + name, NetNS: path, Namespace: "default", Name: name, UID: name}}
-		start := time.Now()
-		res, err := rt.Add(ctx, p.Pod)
-		if err != nil {
-			return fmt.Errorf("CNI ADD %s: %w", name, err)
-		}
-		pods = append(pods, p)
-		r, err := current.NewResultFromResult(res)
-		if err != nil || len(r.IPs) == 0 {
-			return fmt.Errorf("CNI ADD %s: unusable result: %v", name, err)
-		}
-		pods[len(pods)-1].ip, _ = netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
-		pods[len(pods)-1].gw, _ = netip.AddrFromSlice(r.IPs[0].Gateway.To4())
-		fmt.Fprintf(o.Out, "  %-6s %-15s eth0 %s  (ADD %s)\n", name, r.IPs[0].Address.String(), r.Interfaces[1].Mac, time.Since(start).Round(100*time.Microsecond))
 	}
+	if failed := pingAll(pods, o.Out); failed > 0 {
+		return fmt.Errorf("%d pings failed", failed)
+	}
+	fmt.Fprintln(o.Out, "all pods reach each other and the gateway; cleaning up")
+	return nil
+}
 
+// pod is one demo pod: its attachment, address and gateway.
+type pod struct {
+	cniruntime.Pod
+	ip netip.Addr
+	gw netip.Addr
+}
+
+// addPod makes a pod's namespace and wires it with CNI ADD; the pod is
+// returned once ADD succeeded, for the caller to DEL, even when its result
+// is unusable.
+func addPod(ctx context.Context, rt *cniruntime.Runtime, name string, out io.Writer) (*pod, error) {
+	path, err := netns.Create(prefix + name)
+	if err != nil {
+		return nil, err
+	}
+	p := &pod{Pod: cniruntime.Pod{ID: "demo-" + name, NetNS: path, Namespace: "default", Name: name, UID: name}}
+	start := time.Now()
+	res, err := rt.Add(ctx, p.Pod)
+	if err != nil {
+		return nil, fmt.Errorf("CNI ADD %s: %w", name, err)
+	}
+	r, err := current.NewResultFromResult(res)
+	if err != nil || len(r.IPs) == 0 {
+		return p, fmt.Errorf("CNI ADD %s: unusable result: %v", name, err)
+	}
+	p.ip, _ = netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
+	p.gw, _ = netip.AddrFromSlice(r.IPs[0].Gateway.To4())
+	fmt.Fprintf(out, "  %-6s %-15s eth0 %s  (ADD %s)\n", name, r.IPs[0].Address.String(), r.Interfaces[1].Mac, time.Since(start).Round(100*time.Microsecond))
+	return p, nil
+}
+
+// pingAll pings from every pod its gateway and every other pod, and returns
+// how many pings failed.
+func pingAll(pods []pod, out io.Writer) int {
 	failed := 0
 	for _, from := range pods {
 		targets := []netip.Addr{from.gw}
@@ -111,17 +134,13 @@ func Run(ctx context.Context, o Options) (err error) {
 			rtt, err := probe.Ping(from.NetNS, dst, 2*time.Second)
 			if err != nil {
 				failed++
-				fmt.Fprintf(o.Out, "  ping %s -> %s: FAILED: %v\n", from.Name, dst, err)
+				fmt.Fprintf(out, "  ping %s -> %s: FAILED: %v\n", from.Name, dst, err)
 				continue
 			}
-			fmt.Fprintf(o.Out, "  ping %s -> %-15s %s\n", from.Name, dst, rtt.Round(time.Microsecond))
+			fmt.Fprintf(out, "  ping %s -> %-15s %s\n", from.Name, dst, rtt.Round(time.Microsecond))
 		}
 	}
-	if failed > 0 {
-		return fmt.Errorf("%d pings failed", failed)
-	}
-	fmt.Fprintln(o.Out, "all pods reach each other and the gateway; cleaning up")
-	return nil
+	return failed
 }
 
 // Cleanup removes every namespace the demo may have left behind.

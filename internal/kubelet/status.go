@@ -33,7 +33,36 @@ func (w *podWorker) status() corev1.PodStatus {
 		st.Message = "pod sandbox: " + w.sandboxErr.Error()
 	}
 
-	initsDone := true
+	initsDone, allReady := w.containerStatuses(&st)
+	cond := func(t corev1.PodConditionType, ok bool) corev1.PodCondition {
+		c := corev1.PodCondition{Type: t, Status: corev1.ConditionFalse, LastTransitionTime: metav1.Now()}
+		if ok {
+			c.Status = corev1.ConditionTrue
+		}
+		for _, o := range old.Conditions {
+			if o.Type == t && o.Status == c.Status {
+				c.LastTransitionTime = o.LastTransitionTime
+			}
+		}
+		return c
+	}
+	// A terminating pod keeps the readiness its probes give, as upstream does:
+	// the EndpointSlice controller then lists it as serving and terminating.
+	st.Conditions = []corev1.PodCondition{
+		cond(corev1.PodReadyToStartContainers, w.sandbox != nil),
+		cond(corev1.PodInitialized, initsDone),
+		cond(corev1.ContainersReady, allReady),
+		cond(corev1.PodReady, allReady),
+		cond(corev1.PodScheduled, true),
+	}
+	return st
+}
+
+// containerStatuses fills the container statuses of st and, unless the
+// pod has failed, its phase from them; it reports whether every init
+// container succeeded and every container is ready.
+func (w *podWorker) containerStatuses(st *corev1.PodStatus) (initsDone, allReady bool) {
+	initsDone = true
 	for _, c := range w.inits {
 		st.InitContainerStatuses = append(st.InitContainerStatuses, c.status())
 		initsDone = initsDone && c.succeeded()
@@ -58,29 +87,7 @@ func (w *podWorker) status() corev1.PodStatus {
 			st.Phase = corev1.PodRunning
 		}
 	}
-	cond := func(t corev1.PodConditionType, ok bool) corev1.PodCondition {
-		c := corev1.PodCondition{Type: t, Status: corev1.ConditionFalse, LastTransitionTime: metav1.Now()}
-		if ok {
-			c.Status = corev1.ConditionTrue
-		}
-		for _, o := range old.Conditions {
-			if o.Type == t && o.Status == c.Status {
-				c.LastTransitionTime = o.LastTransitionTime
-			}
-		}
-		return c
-	}
-	// A terminating pod keeps the readiness its probes give, as upstream does:
-	// the EndpointSlice controller then lists it as serving and terminating.
-	ready := allReady
-	st.Conditions = []corev1.PodCondition{
-		cond(corev1.PodReadyToStartContainers, w.sandbox != nil),
-		cond(corev1.PodInitialized, initsDone),
-		cond(corev1.ContainersReady, allReady),
-		cond(corev1.PodReady, ready),
-		cond(corev1.PodScheduled, true),
-	}
-	return st
+	return initsDone, allReady
 }
 
 func (w *podWorker) anyStarted() bool {
