@@ -112,6 +112,29 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 	a.events = newEventSink(ctx, client, o.NodeName)
 	defer a.events.shutdown()
 	factory := informers.NewSharedInformerFactory(client, 0)
+	if err := a.watchNodes(ctx, factory); err != nil {
+		return err
+	}
+	log.Info("watching nodes", "node", o.NodeName)
+	if o.Proxy {
+		zone := ""
+		if self, err := a.nodes.Get(o.NodeName); err == nil {
+			zone = self.Labels[corev1.LabelTopologyZone]
+		}
+		if err := a.startProxy(ctx, factory, zone); err != nil {
+			return err
+		}
+		log.Info("service proxy running", "table", proxy.Table, "families", len(a.proxiers))
+	}
+	go a.watchEgress(ctx)
+	a.runner.Run(ctx)
+	return nil
+}
+
+// watchNodes starts the Node informer (managedFields and images dropped
+// from its cache) and waits for it to sync; only Node changes that matter
+// to the agent poke its runner.
+func (a *Agent) watchNodes(ctx context.Context, factory informers.SharedInformerFactory) error {
 	inf := factory.Core().V1().Nodes()
 	_ = inf.Informer().SetTransform(func(obj any) (any, error) {
 		if n, ok := obj.(*corev1.Node); ok {
@@ -135,19 +158,6 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
 		return ctx.Err()
 	}
-	log.Info("watching nodes", "node", o.NodeName)
-	if o.Proxy {
-		zone := ""
-		if self, err := a.nodes.Get(o.NodeName); err == nil {
-			zone = self.Labels[corev1.LabelTopologyZone]
-		}
-		if err := a.startProxy(ctx, factory, zone); err != nil {
-			return err
-		}
-		log.Info("service proxy running", "table", proxy.Table, "families", len(a.proxiers))
-	}
-	go a.watchEgress(ctx)
-	a.runner.Run(ctx)
 	return nil
 }
 

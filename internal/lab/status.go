@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -17,11 +18,30 @@ func Status(ctx context.Context, stateRoot, name string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	l.printComponents(s.BinDir, out)
+	client, err := l.Client()
+	if err != nil {
+		return err
+	}
+	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	printNodes(nodes.Items, out)
+	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list pods: %w", err)
+	}
+	return printPods(pods.Items, out)
+}
+
+// printComponents lists every process of the lab and whether it runs.
+func (l Layout) printComponents(binDir string, out io.Writer) {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "COMPONENT\tNAMESPACE\tPID\tSTATE")
-	comps := append(l.controlPlane(s.BinDir), component{name: "api-forwarder"})
+	comps := append(l.controlPlane(binDir), component{name: "api-forwarder"})
 	for i := 1; i <= l.Nodes; i++ {
-		comps = append(comps, l.nodeComponents(s.BinDir, i, true)...)
+		comps = append(comps, l.nodeComponents(binDir, i, true)...)
 	}
 	for _, c := range comps {
 		pid, ok := l.running(c.name)
@@ -35,44 +55,38 @@ func Status(ctx context.Context, stateRoot, name string, out io.Writer) error {
 		fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", c.name, ns, pid, state)
 	}
 	_ = w.Flush()
-	client, err := l.Client()
-	if err != nil {
-		return err
-	}
-	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return fmt.Errorf("list nodes: %w", err)
-	}
+}
+
+func printNodes(nodes []corev1.Node, out io.Writer) {
 	fmt.Fprintln(out)
-	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "NODE\tREADY\tINTERNAL-IP\tPOD-CIDR")
-	for _, n := range nodes.Items {
-		ready := "False"
+	for _, n := range nodes {
+		ready := corev1.ConditionFalse
 		for _, c := range n.Status.Conditions {
-			if c.Type == "Ready" {
-				ready = string(c.Status)
+			if c.Type == corev1.NodeReady {
+				ready = c.Status
 			}
 		}
 		var ips []string
 		for _, a := range n.Status.Addresses {
-			if a.Type == "InternalIP" {
+			if a.Type == corev1.NodeInternalIP {
 				ips = append(ips, a.Address)
 			}
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", n.Name, ready, strings.Join(ips, ","), strings.Join(n.Spec.PodCIDRs, ","))
 	}
 	_ = w.Flush()
-	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return fmt.Errorf("list pods: %w", err)
-	}
-	sort.Slice(pods.Items, func(i, j int) bool {
-		return pods.Items[i].Namespace+"/"+pods.Items[i].Name < pods.Items[j].Namespace+"/"+pods.Items[j].Name
+}
+
+func printPods(pods []corev1.Pod, out io.Writer) error {
+	sort.Slice(pods, func(i, j int) bool {
+		return pods[i].Namespace+"/"+pods[i].Name < pods[j].Namespace+"/"+pods[j].Name
 	})
 	fmt.Fprintln(out)
-	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "POD\tNODE\tPHASE\tIPS")
-	for _, p := range pods.Items {
+	for _, p := range pods {
 		var ips []string
 		for _, ip := range p.Status.PodIPs {
 			ips = append(ips, ip.IP)

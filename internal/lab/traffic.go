@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
 	"github.com/flatnet-io/flatnet/internal/netns"
@@ -76,44 +77,10 @@ func Traffic(ctx context.Context, stateRoot, name string, out io.Writer) error {
 		return err
 	}
 	const ns = "flatnet-demo"
-	_, err = c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
+	pods, err := deployNetexec(ctx, c, ns, out)
+	if err != nil {
 		return err
 	}
-	var sa error
-	for range 60 { // pods need the namespace's default ServiceAccount
-		if _, sa = c.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); sa == nil {
-			break
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	_, err = c.AppsV1().Deployments(ns).Create(ctx, NetexecDeployment("netexec", 6), metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return err
-	}
-	step(out, "deployment %s/netexec: 6 agnhost netexec pods spread over the nodes", ns)
-	var pods []corev1.Pod
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		list, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=netexec"})
-		if err != nil {
-			return err
-		}
-		pods = pods[:0]
-		for _, p := range list.Items {
-			if p.DeletionTimestamp == nil && p.Status.PodIP != "" && podReady(&p) {
-				pods = append(pods, p)
-			}
-		}
-		if len(pods) == 6 {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("only %d of 6 netexec pods ready after 3 minutes", len(pods))
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	sort.Slice(pods, func(i, j int) bool { return pods[i].Spec.NodeName+pods[i].Name < pods[j].Spec.NodeName+pods[j].Name })
 	step(out, "each pod asks a pod on the next node which address it came from (netexec /clientip, UDP clientip), over each IP family")
 	failed, asked := 0, 0
 	for i, from := range pods {
@@ -137,6 +104,47 @@ func Traffic(ctx context.Context, stateRoot, name string, out io.Writer) error {
 	fmt.Fprintf(out, "\ncross-node pod traffic flows with the client's own pod IP; try:\n  flatnet lab exec %s/%s -- curl -s %s/hostname\n",
 		ns, pods[0].Name, net.JoinHostPort(pods[len(pods)-1].Status.PodIP, "8080"))
 	return nil
+}
+
+// deployNetexec creates namespace ns and the netexec Deployment in it (or
+// finds them) and returns its six pods once Ready, sorted by node.
+func deployNetexec(ctx context.Context, c kubernetes.Interface, ns string, out io.Writer) ([]corev1.Pod, error) {
+	_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, err
+	}
+	for range 60 { // pods need the namespace's default ServiceAccount
+		if _, err := c.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	_, err = c.AppsV1().Deployments(ns).Create(ctx, NetexecDeployment("netexec", 6), metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, err
+	}
+	step(out, "deployment %s/netexec: 6 agnhost netexec pods spread over the nodes", ns)
+	var pods []corev1.Pod
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		list, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=netexec"})
+		if err != nil {
+			return nil, err
+		}
+		pods = pods[:0]
+		for _, p := range list.Items {
+			if p.DeletionTimestamp == nil && p.Status.PodIP != "" && podReady(&p) {
+				pods = append(pods, p)
+			}
+		}
+		if len(pods) == 6 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("only %d of 6 netexec pods ready after 3 minutes", len(pods))
+		}
+	}
+	sort.Slice(pods, func(i, j int) bool { return pods[i].Spec.NodeName+pods[i].Name < pods[j].Spec.NodeName+pods[j].Name })
+	return pods, nil
 }
 
 func podReady(p *corev1.Pod) bool {
