@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/flatnet-io/flatnet/internal/proxy"
+	"github.com/flatnet-io/flatnet/internal/sysctl"
 )
 
 // startProxy wires the service proxy to Service and EndpointSlice informers
@@ -104,14 +105,10 @@ func dropManagedFields(obj any) (any, error) {
 // notes).
 func enableBridgeNetfilter() error {
 	for _, path := range []string{"/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables"} {
-		cur, err := os.ReadFile(path)
-		if err != nil {
+		if _, err := os.Stat(path); err != nil {
 			return fmt.Errorf("br_netfilter not available: %w", err)
 		}
-		if len(cur) > 0 && cur[0] == '1' {
-			continue
-		}
-		if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+		if err := sysctl.Ensure(path, "1"); err != nil {
 			return err
 		}
 	}

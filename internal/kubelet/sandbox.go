@@ -113,19 +113,8 @@ func resultIPs(res cnitypes.Result) []string {
 // killNamespaceProcesses SIGKILLs every process whose network namespace is
 // the one at nsPath (containers of an earlier kubelet).
 func killNamespaceProcesses(nsPath string) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(nsPath, &st); err != nil {
-		return
-	}
-	want := fmt.Sprintf("net:[%d]", st.Ino)
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		if link, err := os.Readlink("/proc/" + e.Name() + "/ns/net"); err == nil && link == want {
-			var pid int
-			if _, err := fmt.Sscan(e.Name(), &pid); err == nil && pid != os.Getpid() {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
+	for _, pid := range netns.Processes(nsPath) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 

@@ -143,7 +143,7 @@ func (l Layout) owns(pid int) bool {
 	if strings.Contains(string(cmdline), l.Dir+"/") || strings.Contains(string(cmdline), l.Dir+"\x00") {
 		return true
 	}
-	link, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+	link, err := netns.Of(pid)
 	if err != nil {
 		return false
 	}
@@ -156,9 +156,8 @@ func (l Layout) namespaceInodes() map[string]string {
 	out := map[string]string{}
 	names, _ := l.Namespaces()
 	for _, n := range names {
-		var st syscall.Stat_t
-		if err := syscall.Stat(netns.Path(n), &st); err == nil {
-			out[fmt.Sprintf("net:[%d]", st.Ino)] = n
+		if id, err := netns.ID(netns.Path(n)); err == nil {
+			out[id] = n
 		}
 	}
 	return out

@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/sysctl"
 )
 
 // host is one machine on the underlay: its namespace role, its address and
@@ -40,7 +40,7 @@ func (l Layout) ensureTopology() error {
 	if err != nil {
 		return err
 	}
-	swh, err := handleAt(sw)
+	swh, err := netns.Handle(sw)
 	if err != nil {
 		return err
 	}
@@ -49,7 +49,7 @@ func (l Layout) ensureTopology() error {
 	if err != nil {
 		return fmt.Errorf("underlay bridge: %w", err)
 	}
-	if err := writeSysctlIn(sw, "/proc/sys/net/ipv4/ip_forward", "0"); err != nil {
+	if err := sysctl.EnsureIn(sw, "/proc/sys/net/ipv4/ip_forward", "0"); err != nil {
 		return err
 	}
 	for _, h := range l.hosts() {
@@ -68,7 +68,7 @@ func (l Layout) ensureHost(swh *netlink.Handle, br netlink.Link, h host) error {
 	if err != nil {
 		return err
 	}
-	hh, err := handleAt(path)
+	hh, err := netns.Handle(path)
 	if err != nil {
 		return err
 	}
@@ -161,15 +161,6 @@ func ensureNS(name string) (string, error) {
 	return netns.Create(name)
 }
 
-func handleAt(path string) (*netlink.Handle, error) {
-	ns, err := vnetns.GetFromPath(path)
-	if err != nil {
-		return nil, err
-	}
-	defer ns.Close()
-	return netlink.NewHandleAt(ns)
-}
-
 func ensureBridge(h *netlink.Handle, name string, addrs ...netip.Prefix) (netlink.Link, error) {
 	link, err := h.LinkByName(name)
 	if err != nil {
@@ -200,9 +191,4 @@ func deleteLink(h *netlink.Handle, name string) error {
 		return nil
 	}
 	return h.LinkDel(link)
-}
-
-// writeSysctlIn writes a /proc/sys value as seen from inside a namespace.
-func writeSysctlIn(nsPath, key, value string) error {
-	return netns.Do(nsPath, func() error { return os.WriteFile(key, []byte(value), 0o644) })
 }

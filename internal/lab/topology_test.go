@@ -101,7 +101,7 @@ func halfDoneHosts() []halfDone {
 
 func testHandle(t *testing.T, name string) *netlink.Handle {
 	t.Helper()
-	h, err := handleAt(netns.Path(name))
+	h, err := netns.Handle(netns.Path(name))
 	if err != nil {
 		t.Fatal(err)
 	}

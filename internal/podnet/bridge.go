@@ -31,12 +31,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/flatnet-io/flatnet/internal/netconv"
+	"github.com/flatnet-io/flatnet/internal/sysctl"
 )
 
 // DefaultBridge is the bridge name used when the configuration names none.
@@ -120,25 +120,14 @@ func hasAddr(have []netlink.Addr, p netip.Prefix) bool {
 // caller's network namespace, writing only when it is off.
 func EnableForwarding(v4, v6 bool) error {
 	if v4 {
-		if err := ensureSysctl("/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
+		if err := sysctl.Ensure("/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
 			return err
 		}
 	}
 	if v6 {
-		if err := ensureSysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1"); err != nil {
+		if err := sysctl.Ensure("/proc/sys/net/ipv6/conf/all/forwarding", "1"); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-func ensureSysctl(path, value string) error {
-	cur, err := os.ReadFile(path)
-	if err == nil && len(cur) > 0 && string(cur[:len(cur)-1]) == value {
-		return nil
-	}
-	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
-		return fmt.Errorf("set %s=%s: %w", path, value, err)
 	}
 	return nil
 }

@@ -21,7 +21,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 
 	"github.com/flatnet-io/flatnet/internal/cniruntime"
 	"github.com/flatnet-io/flatnet/internal/cnitest"
@@ -200,12 +199,7 @@ func (n *node) handle() *netlink.Handle {
 
 func handleAt(t *testing.T, path string) *netlink.Handle {
 	t.Helper()
-	ns, err := vnetns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netns.Handle(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,9 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 
-	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
-
 	"github.com/flatnet-io/flatnet/internal/ipam"
 	"github.com/flatnet-io/flatnet/internal/lab"
 	"github.com/flatnet-io/flatnet/internal/netns"
@@ -108,12 +105,7 @@ func ipamClaims(t *testing.T, i int) []string {
 // podVeths counts the flatnet-cni host veths on node i.
 func podVeths(t *testing.T, i int) int {
 	t.Helper()
-	ns, err := vnetns.GetFromPath(netns.Path(layout.NS(layout.NodeName(i))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netns.Handle(netns.Path(layout.NS(layout.NodeName(i))))
 	if err != nil {
 		t.Fatal(err)
 	}

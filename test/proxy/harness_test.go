@@ -218,12 +218,7 @@ func (e *env) link() {
 
 func (e *env) handle(path string) *netlink.Handle {
 	e.t.Helper()
-	ns, err := vnetns.GetFromPath(path)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netns.Handle(path)
 	if err != nil {
 		e.t.Fatal(err)
 	}
