@@ -1,9 +1,12 @@
-// Package cnitest is the harness of the real-kernel CNI tests and the CNI
-// benchmark: it builds flatnet-cni and pinned reference plugins, and makes
-// throwaway nodes (network namespaces) with pods wired through libcni.
+// Package cnitest is what the real-kernel test packages (test/cni,
+// test/proxy) and the CNI benchmark share: it builds flatnet-cni and pinned
+// reference plugins, and a Suite runs a test package's TestMain (skip
+// without root, plugins built once, unique names) and fails the run when a
+// network namespace of the suite is left behind, removing it.
 //
-// Everything it creates is named fn-<tag>-... and removed by the cleanup it
-// registers, on failure too; Leaks reports anything of the tag still present.
+// Every namespace a suite's tests create is named with its prefix,
+// fn-<tag><pid>-..., and removed by the test's own cleanup, on failure
+// too; the leak check is the net under that.
 package cnitest
 
 import (

@@ -24,7 +24,7 @@ func TestBadInput(t *testing.T) {
 		return fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "fntest", "type": "flatnet-cni", "bridge": "fn0", %s "ipam": {"ranges": [[{"subnet": "10.99.0.0/24"}]], "dataDir": %q}}`, mod, n.dataDir)
 	}
 	env := func(drop string, override ...string) map[string]string {
-		e := map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "bad", "CNI_NETNS": p.NetNS, "CNI_IFNAME": "eth0", "CNI_PATH": pluginDir}
+		e := map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "bad", "CNI_NETNS": p.NetNS, "CNI_IFNAME": "eth0", "CNI_PATH": suite.PluginDir}
 		delete(e, drop)
 		for i := 0; i+1 < len(override); i += 2 {
 			e[override[i]] = override[i+1]
@@ -43,7 +43,7 @@ func TestBadInput(t *testing.T) {
 		{"gateway outside subnet", env(""), strings.Replace(good(""), `"10.99.0.0/24"`, `"10.99.0.0/24", "gateway": "10.98.0.1"`, 1), types.ErrInvalidNetworkConfig, "outside subnet"},
 		{"missing CNI_CONTAINERID", env("CNI_CONTAINERID"), good(""), types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID"},
 		{"missing CNI_IFNAME", env("CNI_IFNAME"), good(""), types.ErrInvalidEnvironmentVariables, "CNI_IFNAME"},
-		{"netns does not exist", env("", "CNI_NETNS", "/run/netns/"+prefix+"nope"), good(""), types.ErrInvalidEnvironmentVariables, "CNI_NETNS"},
+		{"netns does not exist", env("", "CNI_NETNS", "/run/netns/"+suite.Prefix+"nope"), good(""), types.ErrInvalidEnvironmentVariables, "CNI_NETNS"},
 		{"unsupported version", env(""), strings.Replace(good(""), `"1.1.0"`, `"0.2.0"`, 1), types.ErrIncompatibleCNIVersion, ""},
 		{"unknown future version", env(""), strings.Replace(good(""), `"1.1.0"`, `"9.0.0"`, 1), types.ErrIncompatibleCNIVersion, ""},
 		{"foreign ipam type", env(""), strings.Replace(good(""), `"ipam": {`, `"ipam": {"type": "dhcp", `, 1), types.ErrUnsupportedField, "ipam.type"},
@@ -99,13 +99,13 @@ func TestStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "fntest", "type": "flatnet-cni", "ipam": {"ranges": [[{"subnet": "10.99.0.0/24"}]], "dataDir": %q}}`, blocker+"/ipam")
-	out, err := n.execPlugin(t, map[string]string{"CNI_COMMAND": "STATUS", "CNI_PATH": pluginDir}, conf)
+	out, err := n.execPlugin(t, map[string]string{"CNI_COMMAND": "STATUS", "CNI_PATH": suite.PluginDir}, conf)
 	var e types.Error
 	if err == nil || json.Unmarshal(out, &e) != nil || e.Code != types.ErrPluginNotAvailable {
 		t.Fatalf("STATUS with an unusable store: err %v, out %s", err, out)
 	}
 	bad := strings.Replace(conf, "10.99.0.0/24", "nonsense", 1)
-	out, err = n.execPlugin(t, map[string]string{"CNI_COMMAND": "STATUS", "CNI_PATH": pluginDir}, bad)
+	out, err = n.execPlugin(t, map[string]string{"CNI_COMMAND": "STATUS", "CNI_PATH": suite.PluginDir}, bad)
 	if err == nil || json.Unmarshal(out, &e) != nil || e.Code != types.ErrPluginNotAvailable {
 		t.Fatalf("STATUS with an invalid configuration: err %v, out %s", err, out)
 	}

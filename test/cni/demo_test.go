@@ -15,7 +15,7 @@ import (
 func TestDemo(t *testing.T) {
 	requireRoot(t)
 	var out bytes.Buffer
-	if err := demo.Run(context.Background(), demo.Options{PluginDir: pluginDir, Pods: 3, Subnet: "10.99.0.0/24", Out: &out}); err != nil {
+	if err := demo.Run(context.Background(), demo.Options{PluginDir: suite.PluginDir, Pods: 3, Subnet: "10.99.0.0/24", Out: &out}); err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
 	}
 	if got := strings.Count(out.String(), "ping pod-"); got != 9 {

@@ -84,7 +84,7 @@ func TestKillDuringAddAndDel(t *testing.T) {
 func (r *faultRun) step(t *testing.T, k int, verb string, delay time.Duration) {
 	t.Helper()
 	p := r.pods[k]
-	env := map[string]string{"CNI_COMMAND": verb, "CNI_CONTAINERID": p.ID, "CNI_NETNS": p.NetNS, "CNI_IFNAME": "eth0", "CNI_PATH": pluginDir}
+	env := map[string]string{"CNI_COMMAND": verb, "CNI_CONTAINERID": p.ID, "CNI_NETNS": p.NetNS, "CNI_IFNAME": "eth0", "CNI_PATH": suite.PluginDir}
 	before := r.n.slotHeaders(t)
 	out, killed, err := r.n.runKilled(pluginCmd(env, pluginStdin(r.n.dataDir)), delay)
 	r.valid[k], r.addr[k] = false, ""

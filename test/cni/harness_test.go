@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -29,54 +28,13 @@ import (
 	"github.com/flatnet-io/flatnet/internal/podnet"
 )
 
-var (
-	pluginDir  string // flatnet-cni and the reference plugins
-	skipReason string
-	prefix     = fmt.Sprintf("fn-t%d-", os.Getpid()%100000)
-	serial     atomic.Int32
-)
+// suite builds flatnet-cni and the reference plugins the chaining tests
+// use, and fails the run if a namespace of it is left.
+var suite = cnitest.NewSuite("t")
 
-func TestMain(m *testing.M) {
-	os.Exit(runMain(m))
-}
+func TestMain(m *testing.M) { os.Exit(suite.Main(m, "meta/portmap", "meta/bandwidth")) }
 
-func runMain(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		skipReason = "real-kernel CNI tests need root (network namespaces, veth, bridges)"
-		return m.Run()
-	}
-	dir, err := os.MkdirTemp("", "flatnet-cni-test-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if err := cnitest.BuildFlatnet(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := cnitest.BuildReference(dir, "meta/portmap", "meta/bandwidth"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	pluginDir = dir
-	code := m.Run()
-	if left, _ := netns.List(prefix); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "LEAK: network namespaces left behind: %v\n", left)
-		for _, n := range left {
-			_ = netns.Delete(n)
-		}
-		return 1
-	}
-	return code
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if skipReason != "" {
-		t.Skip(skipReason)
-	}
-}
+func requireRoot(t *testing.T) { t.Helper(); suite.Require(t) }
 
 // node is one throwaway node: a namespace with the plugin's bridge inside,
 // its own state directory and a libcni runtime bound to a conflist.
@@ -99,7 +57,7 @@ func flatnetConf(dataDir string) string {
 func newNode(t *testing.T, cniVersion string, plugins func(dataDir string) string) *node {
 	t.Helper()
 	requireRoot(t)
-	n := &node{t: t, name: fmt.Sprintf("%s%d", prefix, serial.Add(1)), dir: t.TempDir()}
+	n := &node{t: t, name: suite.NewName(), dir: t.TempDir()}
 	n.dataDir = filepath.Join(n.dir, "ipam")
 	var err error
 	if n.ns, err = netns.Create(n.name + "-node"); err != nil {
@@ -111,7 +69,7 @@ func newNode(t *testing.T, cniVersion string, plugins func(dataDir string) strin
 		}
 	})
 	conflist := fmt.Sprintf(`{"cniVersion": %q, "name": "fntest", "plugins": [%s]}`, cniVersion, plugins(n.dataDir))
-	if n.rt, err = cniruntime.New(n.ns, []string{pluginDir}, filepath.Join(n.dir, "cache"), []byte(conflist)); err != nil {
+	if n.rt, err = cniruntime.New(n.ns, []string{suite.PluginDir}, filepath.Join(n.dir, "cache"), []byte(conflist)); err != nil {
 		t.Fatal(err)
 	}
 	return n
@@ -156,7 +114,7 @@ func (n *node) del(p cniruntime.Pod) {
 // as its whole CNI environment; wrap prefixes the command line (for example
 // "setpriv ... --").
 func pluginCmd(env map[string]string, stdin string, wrap ...string) *exec.Cmd {
-	argv := append(slices.Clone(wrap), filepath.Join(pluginDir, "flatnet-cni"))
+	argv := append(slices.Clone(wrap), filepath.Join(suite.PluginDir, "flatnet-cni"))
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range env {

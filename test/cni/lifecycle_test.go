@@ -175,7 +175,7 @@ func TestDelToleratesMissingNamespace(t *testing.T) {
 	n := newNode(t, "1.1.0", flatnetConf)
 	p := n.pod("gone")
 	n.add(p)
-	p.NetNS = "/run/netns/" + prefix + "does-not-exist"
+	p.NetNS = "/run/netns/" + suite.Prefix + "does-not-exist"
 	n.del(p)
 	p.NetNS = ""
 	n.del(p)
@@ -275,7 +275,7 @@ func TestDelKeepsAddressesWhileInterfaceRemains(t *testing.T) {
 	n := newNode(t, "1.1.0", flatnetConf)
 	p := n.pod("a")
 	ip := podIP(t, n.add(p))
-	env := map[string]string{"CNI_COMMAND": "DEL", "CNI_CONTAINERID": p.ID, "CNI_NETNS": p.NetNS, "CNI_IFNAME": "eth0", "CNI_PATH": pluginDir}
+	env := map[string]string{"CNI_COMMAND": "DEL", "CNI_CONTAINERID": p.ID, "CNI_NETNS": p.NetNS, "CNI_IFNAME": "eth0", "CNI_PATH": suite.PluginDir}
 	out, err := n.execPlugin(t, env, pluginStdin(n.dataDir), setpriv, "--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--")
 	var e types.Error
 	if err == nil || json.Unmarshal(out, &e) != nil || e.Code != cni.ErrDatapathFailure {

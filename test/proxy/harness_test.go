@@ -18,7 +18,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,12 +35,8 @@ import (
 	"github.com/flatnet-io/flatnet/internal/proxy"
 )
 
-var (
-	pluginDir  string
-	skipReason string
-	prefix     = fmt.Sprintf("fn-px%d-", os.Getpid()%100000)
-	serial     atomic.Int32
-)
+// suite builds flatnet-cni and fails the run if a namespace of it is left.
+var suite = cnitest.NewSuite("px")
 
 // The node is dual-stack: IPv4 and IPv6 on the uplink and for pods, and a
 // proxier per family.
@@ -56,31 +51,7 @@ const (
 	podCIDR6      = "fd00:244:0:1::/64"
 )
 
-func TestMain(m *testing.M) { os.Exit(runMain(m)) }
-
-func runMain(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		skipReason = "real-packet proxy tests need root (network namespaces, nftables)"
-		return m.Run()
-	}
-	dir, err := os.MkdirTemp("", "flatnet-proxy-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if err := cnitest.BuildFlatnet(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	pluginDir = dir
-	code := m.Run()
-	if left, _ := netns.List(prefix); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "LEAK: namespaces left: %v\n", left)
-		return 1
-	}
-	return code
-}
+func TestMain(m *testing.M) { os.Exit(suite.Main(m)) }
 
 // env is one node with pods, an outside host, and a proxier.
 type env struct {
@@ -107,16 +78,14 @@ type pod struct {
 // host) and a proxier for it; zone is the node's topology zone.
 func newEnv(t *testing.T, zone string) *env {
 	t.Helper()
-	if skipReason != "" {
-		t.Skip(skipReason)
-	}
-	e := &env{t: t, name: fmt.Sprintf("%s%d", prefix, serial.Add(1)), pods: map[string]*pod{}, zone: zone, events: &eventLog{}}
+	suite.Require(t)
+	e := &env{t: t, name: suite.NewName(), pods: map[string]*pod{}, zone: zone, events: &eventLog{}}
 	e.node = e.mkns("node")
 	e.outside = e.mkns("out")
 	e.link()
 	dir := t.TempDir()
 	conflist := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"fntest","plugins":[{"type":"flatnet-cni","bridge":"fn0","ipam":{"ranges":[[{"subnet":%q}],[{"subnet":%q}]],"dataDir":%q}}]}`, podCIDR, podCIDR6, dir+"/ipam")
-	rt, err := cniruntime.New(e.node, []string{pluginDir}, filepath.Join(dir, "cache"), []byte(conflist))
+	rt, err := cniruntime.New(e.node, []string{suite.PluginDir}, filepath.Join(dir, "cache"), []byte(conflist))
 	if err != nil {
 		t.Fatal(err)
 	}
