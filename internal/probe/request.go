@@ -22,6 +22,23 @@ func Dial(nsPath, network, addr string, timeout time.Duration) (net.Conn, error)
 	return c, err
 }
 
+// ReadAll connects over TCP from inside the namespace and returns all the
+// server writes before it closes; timeout bounds the connect and the rest
+// of the exchange each.
+func ReadAll(nsPath, addr string, timeout time.Duration) (string, error) {
+	c, err := Dial(nsPath, "tcp", addr, timeout)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return string(b), fmt.Errorf("read from %s: %w", addr, err)
+	}
+	return string(b), nil
+}
+
 // HTTPGet sends one GET for path to addr from inside the namespace, on a
 // fresh connection, and returns the body of a 200 answer.
 func HTTPGet(nsPath, addr, path string) (string, error) {

@@ -2,7 +2,6 @@ package cni_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -42,7 +41,7 @@ func TestChainedPortmapAndBandwidth(t *testing.T) {
 	}
 
 	seen := serveTCP(t, p.NetNS, ":8080", "hello from "+p.Name)
-	got, err := dialFrom(outside, "192.168.77.1:30080")
+	got, err := probe.ReadAll(outside, "192.168.77.1:30080", 2*time.Second)
 	if err != nil {
 		t.Fatalf("outside -> node:30080 -> %s:8080: %v", ip, err)
 	}
@@ -58,7 +57,7 @@ func TestChainedPortmapAndBandwidth(t *testing.T) {
 	n.del(p)
 	n.del(p)
 	n.assertClean()
-	if _, err := dialFrom(outside, "192.168.77.1:30080"); err == nil {
+	if _, err := probe.ReadAll(outside, "192.168.77.1:30080", 2*time.Second); err == nil {
 		t.Fatal("host port still forwards after DEL")
 	}
 }
@@ -120,19 +119,4 @@ func serveTCP(t *testing.T, nsPath, addr, reply string) <-chan string {
 		_, _ = io.WriteString(c, reply)
 	}()
 	return seen
-}
-
-// dialFrom connects from inside a namespace and reads the whole reply.
-func dialFrom(nsPath, addr string) (string, error) {
-	c, err := probe.Dial(nsPath, "tcp", addr, 2*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	b, err := io.ReadAll(c)
-	if err != nil {
-		return "", fmt.Errorf("read: %w", err)
-	}
-	return string(b), nil
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"os/exec"
 	"slices"
 	"strings"
@@ -216,7 +215,7 @@ func waitServed(t *testing.T, from, addr, backend string, within time.Duration) 
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		r, err := tcpWithin(from, addr, 250*time.Millisecond)
+		r, err := probe.ReadAll(from, addr, 250*time.Millisecond)
 		if err == nil && backendOf(r) == backend {
 			return
 		}
@@ -225,16 +224,4 @@ func waitServed(t *testing.T, from, addr, backend string, within time.Duration) 
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// tcpWithin is tcp with a deadline for the whole exchange.
-func tcpWithin(nsPath, addr string, timeout time.Duration) (string, error) {
-	c, err := probe.Dial(nsPath, "tcp", addr, timeout)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	b, err := io.ReadAll(c)
-	return string(b), err
 }

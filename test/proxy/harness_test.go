@@ -263,16 +263,7 @@ func (e *env) sync() {
 }
 
 // tcp connects from a namespace and returns "<pod> <client address>".
-func tcp(nsPath, addr string) (string, error) {
-	c, err := probe.Dial(nsPath, "tcp", addr, 2*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	b, err := io.ReadAll(c)
-	return string(b), err
-}
+func tcp(nsPath, addr string) (string, error) { return probe.ReadAll(nsPath, addr, 2*time.Second) }
 
 // backendOf is the pod that answered.
 func backendOf(reply string) string { return strings.Fields(reply + " ")[0] }
