@@ -24,6 +24,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/nft"
 	"github.com/flatnet-io/flatnet/internal/proxy"
 )
 
@@ -73,14 +74,14 @@ func slice(i, eps, gen int) *discoveryv1.EndpointSlice {
 }
 
 func bench(services, eps, changes int) error {
-	nft, err := proxy.NewNFTables(proxy.IPv4)
+	tables, err := nft.New(nft.IPv4, proxy.Table)
 	if err != nil {
 		return err
 	}
 	// newProxier is flatnetd starting with every Service known, the first
 	// changes applied, and the table as an earlier run left it.
 	newProxier := func(changed int) *proxy.Proxier {
-		p := proxy.New(proxy.Config{NodeName: "node-1", ClusterCIDR: netip.MustParsePrefix("10.128.0.0/10")}, nft, noConntrack{},
+		p := proxy.New(proxy.Config{NodeName: "node-1", ClusterCIDR: netip.MustParsePrefix("10.128.0.0/10")}, tables, noConntrack{},
 			slog.New(slog.NewTextHandler(io.Discard, nil)))
 		for i := range services {
 			p.UpdateService(svc(i))

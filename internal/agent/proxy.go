@@ -10,6 +10,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/flatnet-io/flatnet/internal/nft"
 	"github.com/flatnet-io/flatnet/internal/proxy"
 	"github.com/flatnet-io/flatnet/internal/sysctl"
 )
@@ -76,13 +77,13 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 func (a *Agent) newProxiers(zone string) error {
 	for _, cidr := range a.o.ClusterCIDRs {
 		fam := proxy.FamilyOf(cidr.Addr())
-		nft, err := proxy.NewNFTables(fam)
+		tables, err := nft.New(fam, proxy.Table)
 		if err != nil {
 			return fmt.Errorf("service proxy: %w", err)
 		}
 		cfg := proxy.Config{Family: fam, NodeName: a.o.NodeName, NodeZone: zone, ClusterCIDR: cidr,
 			MasqueradeAll: a.o.MasqueradeAll, Events: a.events}
-		p := proxy.New(cfg, nft, proxy.KernelConntrack{Family: fam}, a.log.With("component", "proxy", "family", fam.String()))
+		p := proxy.New(cfg, tables, proxy.KernelConntrack{Family: fam}, a.log.With("component", "proxy", "family", fam.String()))
 		p.Metrics().Register(a.registry)
 		a.proxiers = append(a.proxiers, p)
 	}

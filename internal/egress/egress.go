@@ -13,9 +13,11 @@
 //	ip daddr @nodes return
 //	masquerade
 //
-// Each Sync rewrites the chain and the set in one atomic transaction, so
-// there is never a moment without masquerading; the table is left in place
-// on exit.
+// Each Sync rewrites the chain and the set in one atomic transaction
+// (through package nft, the layer the proxy uses too), so there is never a
+// moment without masquerading; the table is left in place on exit. The
+// agent checks every second that the table is still there (Present) and
+// rewrites it at once when it is not.
 package egress
 
 import (
@@ -25,6 +27,8 @@ import (
 	"slices"
 
 	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/nft"
 )
 
 // Table is the nftables table of this package.
@@ -33,26 +37,25 @@ const Table = "flatnet-egress"
 // Masquerader keeps the egress table of one IP family in sync.
 type Masquerader struct {
 	nft knftables.Interface
-	v6  bool
+	fam nft.Family
 }
 
 // New returns a Masquerader for the family of clusterCIDR over the node's
-// nftables (knftables execs nft).
+// nftables (package nft).
 func New(clusterCIDR netip.Prefix) (*Masquerader, error) {
-	fam := knftables.IPv4Family
-	if clusterCIDR.Addr().Is6() {
-		fam = knftables.IPv6Family
-	}
-	nft, err := knftables.New(fam, Table, knftables.UseNetlink) // Present lists over netlink, not by running nft
+	fam := nft.FamilyOf(clusterCIDR.Addr())
+	tables, err := nft.New(fam, Table)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
-	return NewWith(nft, fam == knftables.IPv6Family), nil
+	return NewWith(tables, fam), nil
 }
 
 // NewWith uses the given knftables interface (a Fake in tests), made for
-// the ip6 family when v6 is set.
-func NewWith(nft knftables.Interface, v6 bool) *Masquerader { return &Masquerader{nft: nft, v6: v6} }
+// family fam.
+func NewWith(tables knftables.Interface, fam nft.Family) *Masquerader {
+	return &Masquerader{nft: tables, fam: fam}
+}
 
 // Present reports whether the table and its chain are in the kernel, a
 // cheap check (a netlink listing) the agent makes every second: `nft flush
@@ -73,10 +76,7 @@ func (m *Masquerader) Present(ctx context.Context) (bool, error) {
 // Sync programs the rules for clusterCIDR (of the Masquerader's family) and
 // the node addresses of that family.
 func (m *Masquerader) Sync(ctx context.Context, clusterCIDR netip.Prefix, nodeIPs []netip.Addr) error {
-	ip, addrType := "ip", "ipv4_addr"
-	if m.v6 {
-		ip, addrType = "ip6", "ipv6_addr"
-	}
+	ip, addrType := m.fam.IP(), m.fam.AddrType()
 	tx := m.nft.NewTransaction()
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo("flatnet: masquerade pod egress")})
 	tx.Add(&knftables.Set{Name: "nodes", Type: addrType, Comment: knftables.PtrTo("InternalIPs of all nodes: never masqueraded")})
@@ -84,7 +84,7 @@ func (m *Masquerader) Sync(ctx context.Context, clusterCIDR netip.Prefix, nodeIP
 	ips := slices.Clone(nodeIPs)
 	slices.SortFunc(ips, func(a, b netip.Addr) int { return a.Compare(b) })
 	for _, a := range slices.Compact(ips) {
-		if a.Is6() == m.v6 {
+		if m.fam.Has(a) {
 			tx.Add(&knftables.Element{Set: "nodes", Key: []string{a.String()}})
 		}
 	}

@@ -7,11 +7,13 @@ import (
 	"testing"
 
 	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/nft"
 )
 
 func TestSyncRewritesAtomically(t *testing.T) {
 	fake := knftables.NewFake(knftables.IPv4Family, Table)
-	m := NewWith(fake, false)
+	m := NewWith(fake, nft.IPv4)
 	cidr := netip.MustParsePrefix("10.244.0.0/16")
 	if err := m.Sync(context.Background(), cidr, []netip.Addr{netip.MustParseAddr("172.30.0.12"), netip.MustParseAddr("172.30.0.11")}); err != nil {
 		t.Fatal(err)
@@ -37,7 +39,7 @@ func TestSyncRewritesAtomically(t *testing.T) {
 // IPv6 node addresses only.
 func TestSyncIPv6(t *testing.T) {
 	fake := knftables.NewFake(knftables.IPv6Family, Table)
-	m := NewWith(fake, true)
+	m := NewWith(fake, nft.IPv6)
 	nodes := []netip.Addr{netip.MustParseAddr("172.30.0.11"), netip.MustParseAddr("fd00:30::11")}
 	if err := m.Sync(context.Background(), netip.MustParsePrefix("fd00:244::/56"), nodes); err != nil {
 		t.Fatal(err)
@@ -57,7 +59,7 @@ func TestSyncIPv6(t *testing.T) {
 // deleted behind the Masquerader's back.
 func TestPresent(t *testing.T) {
 	fake := knftables.NewFake(knftables.IPv4Family, Table)
-	m := NewWith(fake, false)
+	m := NewWith(fake, nft.IPv4)
 	ctx := context.Background()
 	present := func() bool {
 		t.Helper()

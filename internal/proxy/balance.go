@@ -23,7 +23,7 @@ import (
 // "numgen random mod N vmap { 0 : goto slot-0, ... }". So a Service costs
 // the kernel 1+N map elements, these shared chains and maps exist once per
 // endpoint count and slot in use, and a full sync is a few rules and one
-// command per map (see NewNFTables). NodePorts have the same under
+// command per map (see package nft). NodePorts have the same under
 // "protocol . port" (nodeport-endpoints-i, nodeport-slot-i,
 // nodeport-lb-N), since their destination is any address of the node.
 //
@@ -81,7 +81,7 @@ func (b *portBuilder) slots(kind string, key []string, eps []Endpoint) string {
 // slot makes sure endpoint map i and its slot chain exist and returns the
 // map.
 func (b *portBuilder) slot(nodePort bool, i int) string {
-	ip, addr := b.cfg.Family.ip(), b.cfg.Family.addrType()
+	ip, addr := b.cfg.Family.IP(), b.cfg.Family.AddrType()
 	m, chain := endpointsMap+"-"+strconv.Itoa(i), slotChain(nodePort, i)
 	typ, rule := addr+" . inet_proto . inet_service : "+addr+" . inet_service", []any{"dnat", ip, "to", ip, "daddr . meta l4proto . th dport map", "@" + m}
 	if nodePort {
@@ -173,7 +173,7 @@ func (b *portBuilder) lbChain(name string, sp *ServicePort, eps []Endpoint) {
 		b.noteHairpin(e)
 		if affinity {
 			b.endpointChain(sp, e)
-			b.rule(name, b.cfg.Family.ip(), "saddr", "@", affinitySet(sp, e), "goto", epChain(sp, e))
+			b.rule(name, b.cfg.Family.IP(), "saddr", "@", affinitySet(sp, e), "goto", epChain(sp, e))
 		}
 	}
 	target := func(e Endpoint) []any {
@@ -204,10 +204,10 @@ func (b *portBuilder) endpointChain(sp *ServicePort, e Endpoint) {
 		b.sets[set] = true
 		b.rec.sets = append(b.rec.sets, set)
 		secs := int(sp.AffinityTimeout.Seconds())
-		b.tx.Add(&knftables.Set{Name: set, Type: b.cfg.Family.addrType(), Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
+		b.tx.Add(&knftables.Set{Name: set, Type: b.cfg.Family.AddrType(), Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
 			Timeout: knftables.PtrTo(sp.AffinityTimeout), Comment: knftables.PtrTo(fmt.Sprintf("clients of %s (%ds affinity)", e, secs))})
 	}
-	b.rule(name, "update", "@", set, "{", b.cfg.Family.ip(), "saddr }")
+	b.rule(name, "update", "@", set, "{", b.cfg.Family.IP(), "saddr }")
 	b.rule(name, "meta l4proto", sp.Protocol(), "dnat to", e.String())
 }
 

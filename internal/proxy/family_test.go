@@ -29,7 +29,7 @@ func TestDualStackOneProxierPerFamily(t *testing.T) {
 	only4Slice := slice("legacy", 8081, corev1.ProtocolTCP, ready("10.244.1.3", "node-1"))
 
 	dump := func(fam Family, cidr string) string {
-		fake := knftables.NewFake(fam.NFTFamily(), Table)
+		fake := knftables.NewFake(fam.NFT(), Table)
 		p := New(Config{Family: fam, NodeName: "node-1", ClusterCIDR: netip.MustParsePrefix(cidr)}, fake, &recordingConntrack{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		t.Cleanup(p.Close)
 		for _, s := range []*corev1.Service{web, only4} {

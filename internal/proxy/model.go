@@ -79,7 +79,7 @@ func servicePorts(svc *corev1.Service, fam Family) []*ServicePort {
 	external := externalAddrs(svc, fam)
 	var ranges []netip.Prefix
 	for _, s := range svc.Spec.LoadBalancerSourceRanges {
-		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && !p.Addr().Is4In6() && fam.has(p.Addr()) {
+		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && !p.Addr().Is4In6() && fam.Has(p.Addr()) {
 			ranges = append(ranges, p.Masked())
 		}
 	}
@@ -128,12 +128,12 @@ func servicePorts(svc *corev1.Service, fam Family) []*ServicePort {
 func externalAddrs(svc *corev1.Service, fam Family) []netip.Addr {
 	var external []netip.Addr
 	for _, s := range svc.Spec.ExternalIPs {
-		if a, ok := parseAddr(s); ok && fam.has(a) {
+		if a, ok := parseAddr(s); ok && fam.Has(a) {
 			external = append(external, a)
 		}
 	}
 	for _, ing := range svc.Status.LoadBalancer.Ingress {
-		if a, ok := parseAddr(ing.IP); ok && fam.has(a) {
+		if a, ok := parseAddr(ing.IP); ok && fam.Has(a) {
 			external = append(external, a)
 		}
 	}
@@ -161,7 +161,7 @@ func clusterIPOf(svc *corev1.Service, fam Family) netip.Addr {
 		ips = []string{svc.Spec.ClusterIP}
 	}
 	for _, s := range ips {
-		if a, ok := parseAddr(s); ok && fam.has(a) { // "None" does not parse
+		if a, ok := parseAddr(s); ok && fam.Has(a) { // "None" does not parse
 			return a
 		}
 	}
@@ -203,7 +203,7 @@ func sliceEndpoints(slicesOf []*discoveryv1.EndpointSlice, node string, fam Fami
 	}
 	seen := map[endpointOf]bool{}
 	for _, s := range slicesOf {
-		if s.AddressType != fam.addressType() {
+		if s.AddressType != addressType(fam) {
 			continue
 		}
 		for _, p := range s.Ports {

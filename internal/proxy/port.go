@@ -125,7 +125,7 @@ func (b *portBuilder) firewall(sp *ServicePort, target string) string {
 	}
 	b.chain(fw)
 	for _, r := range sp.SourceRanges {
-		b.rule(fw, b.cfg.Family.ip(), "saddr", r.String(), "goto", target)
+		b.rule(fw, b.cfg.Family.IP(), "saddr", r.String(), "goto", target)
 	}
 	b.rule(fw, "drop")
 	return fw
@@ -152,7 +152,7 @@ func (b *portBuilder) externalChain(sp *ServicePort, all []Endpoint) {
 		return
 	}
 	if b.cfg.ClusterCIDR.IsValid() {
-		b.rule(ext, b.cfg.Family.ip(), "saddr", b.cfg.ClusterCIDR.String(), "goto", clusterTarget)
+		b.rule(ext, b.cfg.Family.IP(), "saddr", b.cfg.ClusterCIDR.String(), "goto", clusterTarget)
 	}
 	b.rule(ext, "fib saddr type local jump", markMasqChain)
 	b.rule(ext, "fib saddr type local goto", clusterTarget)

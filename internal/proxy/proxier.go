@@ -26,7 +26,7 @@
 //
 // The library is sigs.k8s.io/knftables (as kube-proxy's): it renders a
 // transaction as nft syntax and runs `nft -f -`, and gives tests a Fake with
-// the same API. NewNFTables adapts it: element additions merged into one
+// the same API. Package nft adapts it: element additions merged into one
 // command per set, and names listed over netlink. Measured with
 // `go run ./bench/proxy -services 10000` (2 endpoints each) on the 2-core
 // reference VM: the first full sync takes 1.07-1.13 s, a full sync over the
@@ -226,7 +226,7 @@ func serviceOf(s *discoveryv1.EndpointSlice) (types.NamespacedName, bool) {
 // UpdateSlice records the latest version of an EndpointSlice.
 func (p *Proxier) UpdateSlice(s *discoveryv1.EndpointSlice) {
 	key, ok := serviceOf(s)
-	if !ok || s.AddressType != p.cfg.Family.addressType() { // the other family's (immutable)
+	if !ok || s.AddressType != addressType(p.cfg.Family) { // the other family's (immutable)
 		return
 	}
 	p.mu.Lock()
@@ -248,7 +248,7 @@ func (p *Proxier) UpdateSlice(s *discoveryv1.EndpointSlice) {
 // DeleteSlice forgets an EndpointSlice.
 func (p *Proxier) DeleteSlice(s *discoveryv1.EndpointSlice) {
 	key, ok := serviceOf(s)
-	if !ok || s.AddressType != p.cfg.Family.addressType() {
+	if !ok || s.AddressType != addressType(p.cfg.Family) {
 		return
 	}
 	p.mu.Lock()

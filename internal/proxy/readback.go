@@ -41,7 +41,7 @@ func (p *Proxier) tableFrontends(ctx context.Context) ([]frontend, error) {
 	return out, nil
 }
 
-// rawKeyLister lists a map's keys in the kernel's own layout (NewNFTables
+// rawKeyLister lists a map's keys in the kernel's own layout (nft.New
 // does, over netlink).
 type rawKeyLister interface {
 	MapKeys(name string) ([][]byte, error)
@@ -51,10 +51,7 @@ type rawKeyLister interface {
 // concatenation: each field padded to 4 bytes, "address . protocol . port"
 // (4 or 16 bytes of address) and "protocol . port", the port big-endian.
 func (p *Proxier) rawFrontends(raw rawKeyLister) ([]frontend, error) {
-	addrLen := 4
-	if p.cfg.Family == IPv6 {
-		addrLen = 16
-	}
+	addrLen := p.cfg.Family.AddrLen()
 	var out []frontend
 	for _, m := range []struct {
 		name string

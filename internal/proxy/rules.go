@@ -43,7 +43,7 @@ type builder struct {
 	fixedRules map[string]int // rules per fixed chain
 	// Element additions wait here, per set in the order the sets first
 	// got one, until addElements puts them at the end of the transaction:
-	// nft then gets one command per set (see NewNFTables).
+	// nft then gets one command per set (see package nft).
 	pending  map[string][]*knftables.Element
 	setOrder []string
 }
@@ -118,7 +118,7 @@ func (b *builder) addElements() {
 // and reject machinery; baseRules fills them. Each base chain only dispatches into maps, so the work
 // per packet does not grow with the number of Services.
 func (b *builder) base() {
-	tx, addr := b.tx, b.cfg.Family.addrType()
+	tx, addr := b.tx, b.cfg.Family.AddrType()
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo("flatnet service proxy (" + b.cfg.Family.String() + ")")})
 	for _, m := range []struct{ name, typ, comment string }{
 		{serviceIPsMap, addr + " . inet_proto . inet_service : verdict", "ClusterIP, external and load-balancer IPs of Services with endpoints"},
@@ -148,7 +148,7 @@ func (b *builder) base() {
 
 // baseRules fills the fixed chains (after the caller flushed the table).
 func (b *builder) baseRules() {
-	ip := b.cfg.Family.ip()
+	ip := b.cfg.Family.IP()
 	b.fixedRule("nat-prerouting", "jump", servicesChain)
 	b.fixedRule("nat-output", "jump", servicesChain)
 	b.fixedRule("nat-postrouting", "jump", masqChain)
@@ -168,7 +168,7 @@ func (b *builder) baseRules() {
 		b.fixedRule(servicesChain, ip, "daddr", "@", clusterIPsSet, ip, "saddr !=", b.cfg.ClusterCIDR.String(), "jump", markMasqChain)
 	}
 	b.fixedRule(servicesChain, ip, "daddr . meta l4proto . th dport vmap", "@", serviceIPsMap)
-	b.fixedRule(servicesChain, "fib daddr type local", ip, "daddr !=", b.cfg.Family.loopback(), "meta l4proto . th dport vmap", "@", serviceNodePortsMap)
+	b.fixedRule(servicesChain, "fib daddr type local", ip, "daddr !=", b.cfg.Family.Loopback(), "meta l4proto . th dport vmap", "@", serviceNodePortsMap)
 	b.fixedRule(markMasqChain, "meta mark set meta mark or", masqBit)
 	b.fixedRule(masqChain, "ct status dnat", ip, "saddr .", ip, "daddr", "@", hairpinSet, "jump", markMasqChain)
 	b.fixedRule(masqChain, "meta mark and", masqBit, "== 0 return")

@@ -17,7 +17,7 @@ import (
 // table is intact. Element contents are not read: at 10,000 Services that
 // is a large dump, and the hourly full sync rewrites them anyway.
 //
-// Over netlink (NewNFTables) a check costs three name dumps and a rule
+// Over netlink (nft.New) a check costs three name dumps and a rule
 // dump per fixed chain: it runs every CheckInterval when nothing changed.
 func (p *Proxier) verify(ctx context.Context) (string, error) {
 	if p.expected == nil {

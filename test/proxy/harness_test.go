@@ -31,6 +31,7 @@ import (
 	"github.com/flatnet-io/flatnet/internal/cniruntime"
 	"github.com/flatnet-io/flatnet/internal/cnitest"
 	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/nft"
 	"github.com/flatnet-io/flatnet/internal/probe"
 	"github.com/flatnet-io/flatnet/internal/proxy"
 )
@@ -106,12 +107,12 @@ func (e *env) startProxiers() {
 	e.t.Helper()
 	newProxier := func(fam proxy.Family, cidr string) (p *proxy.Proxier) {
 		err := netns.Do(e.node, func() error {
-			nft, err := proxy.NewNFTables(fam)
+			tables, err := nft.New(fam, proxy.Table)
 			if err != nil {
 				return err
 			}
 			cfg := proxy.Config{Family: fam, NodeName: "node-1", NodeZone: e.zone, ClusterCIDR: netip.MustParsePrefix(cidr), Events: e.events}
-			p = proxy.New(cfg, nft, nsConntrack{e.node, fam}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			p = proxy.New(cfg, tables, nsConntrack{e.node, fam}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 			return nil
 		})
 		if err != nil {

@@ -1,4 +1,19 @@
-package proxy
+// Package nft is the nftables layer under every table flatnetd owns (the
+// service proxy's, egress's): sigs.k8s.io/knftables, as kube-proxy uses it,
+// adapted where measurement showed it slow:
+//
+//   - Run hands nft one command per set for a run of element additions
+//     (knftables writes one per element, and nft sends the kernel a message
+//     per command);
+//   - List, ListRules and MapKeys read over netlink (google/nftables)
+//     instead of running `nft list`, which reads every element of every
+//     set to print a name.
+//
+// Design notes (kernel state): the layer keeps none of its own. Each engine
+// owns one table per family and commits to it in one transaction per sync
+// (nft -f, atomic: the kernel applies all of it or none). Family is the one
+// IP-family type of the engines.
+package nft
 
 import (
 	"bytes"
@@ -15,11 +30,10 @@ import (
 	"sigs.k8s.io/knftables"
 )
 
-// NewNFTables returns the nftables interface the proxy of family fam is
-// meant to run on, over its table:
-// knftables' own (listing, checking), except that Run hands nft one
+// New returns the nftables interface of table in family fam:
+// knftables' own (checking, the Fake's API), except that Run hands nft one
 // command per set for a run of element additions, where knftables renders
-// one command per element.
+// one command per element, and listings go over netlink.
 //
 // That is where a full sync's time went: nft turns each command into its
 // own netlink message and the kernel handles each on its own. Loading the
@@ -31,8 +45,8 @@ import (
 // shared chain, one endpoint map) loaded its 60,000 elements one command
 // each at about what the 70,000 commands cost (0.90-0.98 s + 0.48-0.58 s);
 // merged, 0.36-0.50 s + 0.26-0.27 s.
-func NewNFTables(fam Family) (knftables.Interface, error) {
-	nft, err := knftables.New(fam.NFTFamily(), Table, knftables.UseNetlink)
+func New(fam Family, table string) (knftables.Interface, error) {
+	nft, err := knftables.New(fam.NFT(), table, knftables.UseNetlink)
 	if err != nil {
 		return nil, err
 	}
@@ -44,7 +58,7 @@ func NewNFTables(fam Family) (knftables.Interface, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &mergingNFTables{Interface: nft, path: path, conn: conn, gfamily: families[fam].netlink, table: Table}, nil
+	return &mergingNFTables{Interface: nft, path: path, conn: conn, gfamily: families[fam].netlink, table: table}, nil
 }
 
 type mergingNFTables struct {
@@ -95,7 +109,8 @@ func (n *mergingNFTables) ListRules(_ context.Context, chain string) ([]*knftabl
 }
 
 // MapKeys lists the keys of map name over netlink, as the kernel stores
-// them (see readback.go). Listing them with knftables runs `nft --json
+// them: each field of a concatenation padded to 4 bytes (the proxy's
+// restart reads its Service maps back this way). Listing them with knftables runs `nft --json
 // list map`, which took 0.4 s for the 10,000 elements of a restart.
 func (n *mergingNFTables) MapKeys(name string) ([][]byte, error) {
 	elems, err := n.conn.GetSetElements(&gnftables.Set{Table: &gnftables.Table{Name: n.table, Family: n.gfamily}, Name: name})

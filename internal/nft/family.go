@@ -1,0 +1,64 @@
+package nft
+
+import (
+	"net/netip"
+
+	gnftables "github.com/google/nftables"
+	"sigs.k8s.io/knftables"
+)
+
+// Family is the IP family of a table: each engine keeps one table per
+// family in use on the node ("ip <name>" and "ip6 <name>"), programmed by
+// one code path parameterised by the family.
+type Family int
+
+const (
+	IPv4 Family = iota
+	IPv6
+)
+
+// words is how nftables and the netlink API name a family.
+type words struct {
+	name     string
+	nft      knftables.Family
+	netlink  gnftables.TableFamily
+	ip       string // payload keyword: "ip saddr" or "ip6 saddr"
+	addrType string // set and map key type
+	loopback string // the loopback range
+	addrLen  int    // bytes of an address in a set key
+}
+
+var families = [...]words{
+	IPv4: {"IPv4", knftables.IPv4Family, gnftables.TableFamilyIPv4, "ip", "ipv4_addr", "127.0.0.0/8", 4},
+	IPv6: {"IPv6", knftables.IPv6Family, gnftables.TableFamilyIPv6, "ip6", "ipv6_addr", "::1", 16},
+}
+
+func (f Family) String() string { return families[f].name }
+
+// NFT is the nftables family of the table.
+func (f Family) NFT() knftables.Family { return families[f].nft }
+
+// IP is the payload keyword of the family: "ip" or "ip6".
+func (f Family) IP() string { return families[f].ip }
+
+// AddrType is the set and map key type of an address: "ipv4_addr" or
+// "ipv6_addr".
+func (f Family) AddrType() string { return families[f].addrType }
+
+// Loopback is the loopback range of the family, as nft writes it.
+func (f Family) Loopback() string { return families[f].loopback }
+
+// AddrLen is the size of an address in a set key, in bytes.
+func (f Family) AddrLen() int { return families[f].addrLen }
+
+// Has reports whether a is a valid address of the family (an IPv4-mapped
+// IPv6 address counts as IPv4).
+func (f Family) Has(a netip.Addr) bool { return a.IsValid() && FamilyOf(a) == f }
+
+// FamilyOf is the family of an address.
+func FamilyOf(a netip.Addr) Family {
+	if a.Unmap().Is6() {
+		return IPv6
+	}
+	return IPv4
+}
