@@ -64,7 +64,7 @@ func NewWith(tables knftables.Interface, fam nft.Family) *Masquerader {
 // next resync.
 func (m *Masquerader) Present(ctx context.Context) (bool, error) {
 	chains, err := m.nft.List(ctx, "chains")
-	if knftables.IsNotFound(err) {
+	if nft.IsNotFound(err) {
 		return false, nil
 	}
 	if err != nil {

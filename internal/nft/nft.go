@@ -7,7 +7,13 @@
 //     per command);
 //   - List, ListRules and MapKeys read over netlink (google/nftables)
 //     instead of running `nft list`, which reads every element of every
-//     set to print a name.
+//     set to print a name;
+//   - a refused transaction is an *Error naming the errno, the refused
+//     command and the object nft marks in it (a map key, a chain name);
+//     IsNotFound and IsAlreadyExists read it and knftables' own errors
+//     alike (kernel_test.go provokes both against the kernel: knftables'
+//     Fake accepts a second value for a map key and deleting a missing
+//     element, the kernel refuses both).
 //
 // Design notes (kernel state): the layer keeps none of its own. Each engine
 // owns one table per family and commits to it in one transaction per sync
@@ -143,8 +149,8 @@ func (n *mergingNFTables) Run(ctx context.Context, tx *knftables.Transaction) er
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		if msg := strings.TrimSpace(stderr.String()); msg != "" {
-			return fmt.Errorf("nft: %w: %s", err, msg)
+		if stderr.Len() > 0 {
+			return parseError(stderr.String())
 		}
 		return fmt.Errorf("nft: %w", err)
 	}

@@ -34,3 +34,17 @@ add rule ip t svc-a dnat to 10.244.0.1:80
 		t.Fatalf("merged:\n%s\nwant:\n%s", got.String(), want)
 	}
 }
+
+// nft's report of a refused transaction read into a typed error.
+func TestParseError(t *testing.T) {
+	report := "/dev/stdin:3:25-43: Error: Could not process rule: No such file or directory\n" +
+		"delete element ip t m { 10.0.0.9 . tcp . 80 }\n" +
+		"                        ^^^^^^^^^^^^^^^^^^^\n"
+	e := parseError(report)
+	if e.Errno != 2 || e.Object != "10.0.0.9 . tcp . 80" || e.Command != "delete element ip t m { 10.0.0.9 . tcp . 80 }" || !IsNotFound(e) {
+		t.Fatalf("parsed %#v", e)
+	}
+	if e := parseError("nft: some failure without a location\n"); e.Errno != 0 || e.Reason != "nft: some failure without a location" || IsNotFound(e) {
+		t.Fatalf("parsed %#v", e)
+	}
+}

@@ -10,7 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/nft"
 )
 
 // tableFrontends reads back the UDP frontends of Services with endpoints
@@ -26,7 +27,7 @@ func (p *Proxier) tableFrontends(ctx context.Context) ([]frontend, error) {
 	var out []frontend
 	for _, m := range []string{serviceIPsMap, serviceNodePortsMap} {
 		elems, err := p.nft.ListElements(ctx, "map", m)
-		if knftables.IsNotFound(err) {
+		if nft.IsNotFound(err) {
 			continue
 		}
 		if err != nil {

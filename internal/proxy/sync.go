@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/nft"
 )
 
 // sync picks a full or a partial sync, or, when nothing changed, checks
@@ -127,7 +129,7 @@ func (p *Proxier) listObjects(ctx context.Context) (map[string][]string, error) 
 	out := map[string][]string{}
 	for _, kind := range []string{"chains", "sets", "maps"} {
 		names, err := p.nft.List(ctx, kind)
-		if err != nil && !knftables.IsNotFound(err) {
+		if err != nil && !nft.IsNotFound(err) {
 			return nil, fmt.Errorf("list %s: %w", kind, err)
 		}
 		out[kind] = names

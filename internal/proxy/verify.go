@@ -7,7 +7,7 @@ import (
 	"slices"
 	"strings"
 
-	"sigs.k8s.io/knftables"
+	"github.com/flatnet-io/flatnet/internal/nft"
 )
 
 // verify checks, cheaply, that the table still holds what the proxy
@@ -43,7 +43,7 @@ func (p *Proxier) verify(ctx context.Context) (string, error) {
 	}
 	for _, chain := range slices.Sorted(maps.Keys(p.baseRules)) {
 		rules, err := p.nft.ListRules(ctx, chain)
-		if err != nil && !knftables.IsNotFound(err) {
+		if err != nil && !nft.IsNotFound(err) {
 			return "", fmt.Errorf("list rules of %s: %w", chain, err)
 		}
 		if len(rules) != p.baseRules[chain] {

@@ -1,0 +1,73 @@
+package nft
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+
+	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/netns"
+)
+
+// What the Fake accepts and the kernel refuses, against the kernel in a
+// throwaway namespace: a second value for a map key and the deletion of a
+// missing element are typed errors naming the refused element, and the
+// kernel applies nothing of a refused transaction.
+func TestKernelRefusalsAreTyped(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a network namespace, nftables)")
+	}
+	name := fmt.Sprintf("fn-nft%d", os.Getpid()%100000)
+	path, err := netns.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.Delete(name) })
+	if err := netns.Do(path, func() error { return refusals(t) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func refusals(t *testing.T) error {
+	ctx := context.Background()
+	nft, err := New(IPv4, "fn-test")
+	if err != nil {
+		return err
+	}
+	elem := func(addr, to string) *knftables.Element {
+		return &knftables.Element{Map: "m", Key: []string{addr, "tcp", "80"}, Value: []string{to, "8080"}}
+	}
+	tx := nft.NewTransaction()
+	tx.Add(&knftables.Table{})
+	tx.Add(&knftables.Map{Name: "m", Type: "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service"})
+	tx.Add(elem("10.0.0.1", "10.1.0.1"))
+	if err := nft.Run(ctx, tx); err != nil {
+		return err
+	}
+	tx = nft.NewTransaction()
+	tx.Add(elem("10.0.0.2", "10.1.0.1"))
+	tx.Add(elem("10.0.0.1", "10.1.0.2"))
+	err = nft.Run(ctx, tx)
+	if !IsAlreadyExists(err) || IsNotFound(err) {
+		t.Errorf("a second value for a key: %v, want an already-exists error", err)
+	}
+	if e, ok := err.(*Error); !ok || e.Object != "10.0.0.1 . tcp . 80" {
+		t.Errorf("the error names %#v, want the refused key", err)
+	}
+	keys, err := nft.(interface{ MapKeys(string) ([][]byte, error) }).MapKeys("m")
+	if err != nil || len(keys) != 1 {
+		t.Errorf("after the refused transaction the map has %d keys (%v), want the 1 it had", len(keys), err)
+	}
+	tx = nft.NewTransaction()
+	tx.Delete(&knftables.Element{Map: "m", Key: []string{"10.0.0.9", "tcp", "80"}})
+	err = nft.Run(ctx, tx)
+	if !IsNotFound(err) {
+		t.Errorf("deleting a missing element: %v, want a not-found error", err)
+	}
+	if e, ok := err.(*Error); !ok || e.Object != "10.0.0.9 . tcp . 80" {
+		t.Errorf("the error names %#v, want the missing element", err)
+	}
+	return nil
+}
