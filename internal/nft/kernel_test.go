@@ -3,7 +3,12 @@ package nft
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strings"
 	"testing"
 
 	"sigs.k8s.io/knftables"
@@ -68,6 +73,122 @@ func refusals(t *testing.T) error {
 	}
 	if e, ok := err.(*Error); !ok || e.Object != "10.0.0.9 . tcp . 80" {
 		t.Errorf("the error names %#v, want the missing element", err)
+	}
+	return nil
+}
+
+// Elements written over netlink are the elements nft writes: the same
+// listing, comments included; deleted the same way; a refused one typed.
+func TestElementsOverNetlinkAsNftWritesThem(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a network namespace, nftables)")
+	}
+	name := fmt.Sprintf("fn-nftel%d", os.Getpid()%100000)
+	path, err := netns.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.Delete(name) })
+	if err := netns.Do(path, func() error { return elementsBothWays(t) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var testTypes = map[string]string{
+	"vips":      "ipv4_addr . inet_proto . inet_service : verdict",
+	"eps":       "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
+	"nodeports": "inet_proto . inet_service : ipv4_addr . inet_service",
+	"ips":       "ipv4_addr",
+	"pairs":     "ipv4_addr . ipv4_addr",
+}
+
+var testOps = []ElementOp{
+	{Set: "vips", Key: []string{"10.96.0.10", "tcp", "80"}, Value: []string{"goto lb"}, Comment: "ns/web/tcp/http"},
+	{Set: "vips", Key: []string{"10.96.0.11", "udp", "53"}, Value: []string{"drop"}},
+	{Set: "eps", Key: []string{"10.96.0.10", "tcp", "80"}, Value: []string{"10.244.1.2", "8080"}},
+	{Set: "nodeports", Key: []string{"udp", "30053"}, Value: []string{"10.244.1.3", "53"}},
+	{Set: "ips", Key: []string{"10.96.0.10"}},
+	{Set: "pairs", Key: []string{"10.244.1.2", "10.244.1.2"}},
+}
+
+// table makes table name with the test sets, and elements in it through
+// nft when viaNft is set.
+func testTable(ctx context.Context, name string, viaNft bool) (knftables.Interface, error) {
+	nft, err := New(IPv4, name)
+	if err != nil {
+		return nil, err
+	}
+	tx := nft.NewTransaction()
+	tx.Add(&knftables.Table{})
+	tx.Add(&knftables.Chain{Name: "lb"})
+	for _, set := range slices.Sorted(maps.Keys(testTypes)) {
+		if typ := testTypes[set]; strings.Contains(typ, " : ") {
+			tx.Add(&knftables.Map{Name: set, Type: typ})
+		} else {
+			tx.Add(&knftables.Set{Name: set, Type: testTypes[set]})
+		}
+	}
+	for _, op := range testOps {
+		if !viaNft {
+			break
+		}
+		e := &knftables.Element{Key: op.Key, Value: op.Value}
+		if op.Comment != "" {
+			e.Comment = knftables.PtrTo(op.Comment)
+		}
+		if strings.Contains(testTypes[op.Set], " : ") {
+			e.Map = op.Set
+		} else {
+			e.Set = op.Set
+		}
+		tx.Add(e)
+	}
+	return nft, nft.Run(ctx, tx)
+}
+
+// listTable lists the elements of each set of table name, sorted (a hash
+// set lists its elements in an order of its own).
+func listTable(name string) string {
+	out, _ := exec.Command("nft", "list", "table", "ip", name).CombinedOutput()
+	var b strings.Builder
+	for _, m := range setBlock.FindAllStringSubmatch(strings.Join(strings.Fields(string(out)), " "), -1) {
+		elems := strings.Split(m[2], ", ")
+		slices.Sort(elems)
+		fmt.Fprintf(&b, "%s: %s\n", m[1], strings.Join(elems, ", "))
+	}
+	return b.String()
+}
+
+var setBlock = regexp.MustCompile(`(?:set|map) (\S+) \{ type [^}]*?elements = \{ ([^}]*) \}`)
+
+func elementsBothWays(t *testing.T) error {
+	ctx := context.Background()
+	if _, err := testTable(ctx, "fn-via-nft", true); err != nil {
+		return err
+	}
+	nl, err := testTable(ctx, "fn-via-netlink", false)
+	if err != nil {
+		return err
+	}
+	if err := nl.(ElementWriter).RunElements(ctx, testTypes, testOps); err != nil {
+		return err
+	}
+	if a, b := listTable("fn-via-nft"), listTable("fn-via-netlink"); a != b || strings.Count(a, "\n") != len(testTypes) {
+		t.Errorf("over netlink the table reads\n%s\nthrough nft\n%s", b, a)
+	}
+	var dels []ElementOp
+	for _, op := range testOps {
+		dels = append(dels, ElementOp{Delete: true, Set: op.Set, Key: op.Key})
+	}
+	if err := nl.(ElementWriter).RunElements(ctx, testTypes, dels); err != nil {
+		return err
+	}
+	if got := listTable("fn-via-netlink"); got != "" {
+		t.Errorf("after deleting every element:\n%s", got)
+	}
+	err = nl.(ElementWriter).RunElements(ctx, testTypes, dels[:1])
+	if !IsNotFound(err) {
+		t.Errorf("deleting a missing element over netlink: %v, want a not-found error", err)
 	}
 	return nil
 }

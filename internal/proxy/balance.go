@@ -81,15 +81,15 @@ func (b *portBuilder) slots(kind string, key []string, eps []Endpoint) string {
 // slot makes sure endpoint map i and its slot chain exist and returns the
 // map.
 func (b *portBuilder) slot(nodePort bool, i int) string {
-	ip, addr := b.cfg.Family.IP(), b.cfg.Family.AddrType()
+	ip := b.cfg.Family.IP()
 	m, chain := endpointsMap+"-"+strconv.Itoa(i), slotChain(nodePort, i)
-	typ, rule := addr+" . inet_proto . inet_service : "+addr+" . inet_service", []any{"dnat", ip, "to", ip, "daddr . meta l4proto . th dport map", "@" + m}
+	rule := []any{"dnat", ip, "to", ip, "daddr . meta l4proto . th dport map", "@" + m}
 	if nodePort {
 		m = nodePortEndpointsMap + "-" + strconv.Itoa(i)
-		typ, rule = "inet_proto . inet_service : "+addr+" . inet_service", []any{"dnat", ip, "to meta l4proto . th dport map", "@" + m}
+		rule = []any{"dnat", ip, "to meta l4proto . th dport map", "@" + m}
 	}
 	if b.use(m, tierMap) {
-		b.tx.Add(&knftables.Map{Name: m, Type: typ})
+		b.tx.Add(&knftables.Map{Name: m, Type: setType(b.cfg.Family, m)})
 	}
 	b.sharedChain(chain, tierSlot, rule)
 	return m

@@ -30,7 +30,7 @@ func NewMetrics(fam Family) *Metrics {
 			Help: "Duration of a sync of the proxy's nftables table (full or partial).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		syncErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "flatnet_proxy_sync_errors_total", ConstLabels: l, Help: "Failed proxy syncs."}),
 		lastFullSync: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flatnet_proxy_last_full_sync_seconds", ConstLabels: l, Help: "Duration of the last full sync."}),
-		syncs:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flatnet_proxy_syncs_total", ConstLabels: l, Help: "Proxy syncs by kind (full, partial)."}, []string{"kind"}),
+		syncs:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flatnet_proxy_syncs_total", ConstLabels: l, Help: "Proxy syncs by kind: full, partial (through nft), elements (a partial sync of map elements only, over netlink)."}, []string{"kind"}),
 		programmingLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "flatnet_proxy_network_programming_duration_seconds", ConstLabels: l,
 			Help:    "From an EndpointSlice change (its last-change-trigger-time) to its rules being live.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 18)}),

@@ -151,6 +151,7 @@ type Proxier struct {
 	readBack   bool                       // previous was read
 	expected   map[string]map[string]bool // names verify looks for; nil after a sync
 	shared     map[string]sharedObject    // the shared chains and maps of balance.go
+	refs       *refs                      // users of what ports share, counted over programmed
 }
 
 // FullSyncPeriod is how often a sync rewrites the whole table even when the

@@ -30,7 +30,7 @@ const (
 // builder collects one sync's transaction and remembers which chains and
 // sets it made, so the caller can delete the ones that are no longer needed.
 type builder struct {
-	tx      *knftables.Transaction
+	tx      *txn
 	cfg     *Config
 	chains  map[string]bool
 	sets    map[string]bool
@@ -68,7 +68,7 @@ type mapElement struct {
 
 // newBuilder starts a transaction on a table that has the shared objects in
 // shared (nil for none).
-func newBuilder(tx *knftables.Transaction, cfg *Config, shared map[string]sharedObject) *builder {
+func newBuilder(tx *txn, cfg *Config, shared map[string]sharedObject) *builder {
 	b := &builder{tx: tx, cfg: cfg, chains: map[string]bool{}, sets: map[string]bool{}, hairpin: map[netip.Addr]bool{},
 		shared: map[string]sharedObject{}, fixedRules: map[string]int{}}
 	for name, o := range shared {
@@ -118,18 +118,18 @@ func (b *builder) addElements() {
 // and reject machinery; baseRules fills them. Each base chain only dispatches into maps, so the work
 // per packet does not grow with the number of Services.
 func (b *builder) base() {
-	tx, addr := b.tx, b.cfg.Family.AddrType()
+	tx, fam := b.tx, b.cfg.Family
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo("flatnet service proxy (" + b.cfg.Family.String() + ")")})
-	for _, m := range []struct{ name, typ, comment string }{
-		{serviceIPsMap, addr + " . inet_proto . inet_service : verdict", "ClusterIP, external and load-balancer IPs of Services with endpoints"},
-		{serviceNodePortsMap, "inet_proto . inet_service : verdict", "NodePorts of Services with endpoints"},
-		{noEndpointsMap, addr + " . inet_proto . inet_service : verdict", "Service IPs without usable endpoints: reject or drop"},
-		{noEndpointNodePorts, "inet_proto . inet_service : verdict", "NodePorts without usable endpoints: reject or drop"},
+	for _, m := range []struct{ name, comment string }{
+		{serviceIPsMap, "ClusterIP, external and load-balancer IPs of Services with endpoints"},
+		{serviceNodePortsMap, "NodePorts of Services with endpoints"},
+		{noEndpointsMap, "Service IPs without usable endpoints: reject or drop"},
+		{noEndpointNodePorts, "NodePorts without usable endpoints: reject or drop"},
 	} {
-		tx.Add(&knftables.Map{Name: m.name, Type: m.typ, Comment: knftables.PtrTo(m.comment)})
+		tx.Add(&knftables.Map{Name: m.name, Type: setType(fam, m.name), Comment: knftables.PtrTo(m.comment)})
 	}
-	tx.Add(&knftables.Set{Name: clusterIPsSet, Type: addr, Comment: knftables.PtrTo("every ClusterIP: unknown ports are rejected")})
-	tx.Add(&knftables.Set{Name: hairpinSet, Type: addr + " . " + addr, Comment: knftables.PtrTo("endpoint . endpoint: a pod reaching itself through a Service")})
+	tx.Add(&knftables.Set{Name: clusterIPsSet, Type: setType(fam, clusterIPsSet), Comment: knftables.PtrTo("every ClusterIP: unknown ports are rejected")})
+	tx.Add(&knftables.Set{Name: hairpinSet, Type: setType(fam, hairpinSet), Comment: knftables.PtrTo("endpoint . endpoint: a pod reaching itself through a Service")})
 
 	hook := func(name string, typ knftables.BaseChainType, h knftables.BaseChainHook, prio knftables.BaseChainPriority) {
 		b.chains[name] = true

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -36,7 +35,6 @@ func (p *Proxier) sync(ctx context.Context, snap snapshot) error {
 		full = true
 	}
 	if !full {
-		p.metrics.observeKind("partial")
 		return p.partialSync(ctx, snap)
 	}
 	if !p.readBack {
@@ -70,7 +68,7 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 		return err
 	}
 	existingChains, existingSets, existingMaps := existing["chains"], existing["sets"], existing["maps"]
-	tx := p.nft.NewTransaction()
+	tx := newTxn(p.nft)
 	b := newBuilder(tx, p.config(snap), nil)
 	b.base()
 	// Empty every chain that exists and the fixed maps; affinity sets keep
@@ -113,7 +111,7 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 		}
 	}
 	b.addElements()
-	if err := p.nft.Run(ctx, tx); err != nil {
+	if err := p.nft.Run(ctx, tx.Transaction); err != nil {
 		return fmt.Errorf("nftables transaction (%d rules, %d elements): %w", b.rules, b.elems, err)
 	}
 	p.baseRules = b.fixedRules
@@ -168,10 +166,11 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 		}
 	}
 	if len(changed) == 0 && len(removed) == 0 {
+		p.metrics.observeKind("partial")
 		p.health.update(snap.state)
 		return nil
 	}
-	tx := p.nft.NewTransaction()
+	tx := newTxn(p.nft)
 	b := newBuilder(tx, p.config(snap), p.shared)
 	stale := map[ServicePortName]*portObjects{}
 	for _, sp := range changed {
@@ -183,32 +182,29 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 		stale[name] = p.programmed[name]
 	}
 	clearStale(tx, stale)
-	programmed := make(map[ServicePortName]*portObjects, len(p.programmed))
-	for name, objs := range p.programmed {
-		programmed[name] = objs
-	}
-	for _, name := range removed {
-		delete(programmed, name)
-	}
+	updates := make(map[ServicePortName]*portObjects, len(changed))
 	for _, sp := range changed {
-		programmed[sp.Name] = b.servicePort(sp, snap.state[sp.Name.Service].eps[sp.Name])
+		updates[sp.Name] = b.servicePort(sp, snap.state[sp.Name.Service].eps[sp.Name])
 	}
 	b.hairpinElements()
-	deleteReplaced(tx, stale, programmed)
-	deleteUnused(tx, stale, programmed)
-	deleteUnusedShared(tx, b.shared, programmed)
+	deleteReplaced(tx, stale, updates)
+	counts := p.refs.change(stale, updates)
+	counts.deleteUnused(tx, b.shared)
 	b.addElements()
-	if err := p.nft.Run(ctx, tx); err != nil {
+	kind, err := tx.run(ctx, p.nft, p.cfg.Family)
+	p.metrics.observeKind(kind)
+	if err != nil {
 		return fmt.Errorf("nftables transaction (partial, %d Service ports): %w", len(changed)+len(removed), err)
 	}
 	p.shared = b.shared
-	p.afterSync(snap, programmed)
+	p.refs.apply(counts)
+	p.afterPartialSync(snap, stale, updates)
 	return nil
 }
 
 // clearStale empties the chains of the stale ports and deletes their map
 // elements, each once (the kernel refuses to delete an element twice).
-func clearStale(tx *knftables.Transaction, stale map[ServicePortName]*portObjects) {
+func clearStale(tx *txn, stale map[ServicePortName]*portObjects) {
 	deleted := map[string]bool{}
 	for _, old := range stale {
 		for _, c := range old.chains {
@@ -225,7 +221,7 @@ func clearStale(tx *knftables.Transaction, stale map[ServicePortName]*portObject
 
 // deleteReplaced deletes the chains and sets of stale ports that their
 // new version (if any) no longer has.
-func deleteReplaced(tx *knftables.Transaction, stale, programmed map[ServicePortName]*portObjects) {
+func deleteReplaced(tx *txn, stale, programmed map[ServicePortName]*portObjects) {
 	for name, old := range stale {
 		now := programmed[name]
 		for _, c := range old.chains {
@@ -241,63 +237,11 @@ func deleteReplaced(tx *knftables.Transaction, stale, programmed map[ServicePort
 	}
 }
 
-// deleteUnused removes the ClusterIPs and hairpin pairs that only stale
-// ports used.
-func deleteUnused(tx *knftables.Transaction, stale, programmed map[ServicePortName]*portObjects) {
-	vips, pairs := map[netip.Addr]bool{}, map[netip.Addr]bool{}
-	for _, objs := range programmed {
-		vips[objs.sp.ClusterIP] = true
-		for _, ip := range objs.hairpin {
-			pairs[ip] = true
-		}
-	}
-	for _, old := range stale {
-		if !vips[old.sp.ClusterIP] {
-			vips[old.sp.ClusterIP] = true // deleted once
-			tx.Delete(&knftables.Element{Set: clusterIPsSet, Key: []string{old.sp.ClusterIP.String()}})
-		}
-		for _, ip := range old.hairpin {
-			if !pairs[ip] {
-				pairs[ip] = true
-				tx.Delete(&knftables.Element{Set: hairpinSet, Key: []string{ip.String(), ip.String()}})
-			}
-		}
-	}
-}
-
-// deleteUnusedShared deletes the shared chains no programmed Service port
-// uses any more (and forgets them in shared), so that a partial sync leaves
-// the table a full sync would write. Their users' map elements are deleted
-// earlier in the same transaction.
-func deleteUnusedShared(tx *knftables.Transaction, shared map[string]sharedObject, programmed map[ServicePortName]*portObjects) {
-	used := map[string]bool{}
-	for _, o := range programmed {
-		for _, c := range o.shared {
-			used[c] = true
-		}
-	}
-	var unused []string
-	for name := range shared {
-		if !used[name] {
-			unused = append(unused, name)
-		}
-	}
-	slices.SortFunc(unused, func(a, b string) int { return shared[a].tier - shared[b].tier })
-	for _, name := range unused {
-		if shared[name].tier == tierMap {
-			tx.Delete(&knftables.Map{Name: name})
-		} else {
-			tx.Delete(&knftables.Chain{Name: name})
-		}
-		delete(shared, name)
-	}
-}
-
 // afterSync clears stale conntrack entries and updates the health-check
-// servers, then remembers what is programmed. The first sync of a process
-// has no record of what was programmed before it: it judges the
-// conntrack table against what it programmed (reconcileFlows) instead of
-// treating every Service port as new.
+// servers after a full sync, then remembers what is programmed. The first
+// sync of a process has no record of what was programmed before it: it
+// judges the conntrack table against what it programmed (reconcileFlows)
+// instead of treating every Service port as new.
 func (p *Proxier) afterSync(snap snapshot, programmed map[ServicePortName]*portObjects) {
 	flows := staleFlows(p.programmed, programmed, snap.zone)
 	if p.programmed == nil {
@@ -308,9 +252,40 @@ func (p *Proxier) afterSync(snap snapshot, programmed map[ServicePortName]*portO
 		p.log.Warn("clear stale conntrack entries", "err", err)
 	}
 	p.programmed = programmed
+	p.refs = newRefs(programmed)
 	p.health.update(snap.state)
 	p.expected = nil // verify lists them again
-	rules, elems, chains := 0, 0, len(p.baseRules)
+	p.setSizeMetrics()
+}
+
+// afterPartialSync does what afterSync does for the ports a partial sync
+// rewrote (stale: as they were; updates: as they are now, none for a
+// removed port), in time proportional to them.
+func (p *Proxier) afterPartialSync(snap snapshot, stale, updates map[ServicePortName]*portObjects) {
+	if err := p.ct.Delete(staleFlows(stale, updates, snap.zone)); err != nil {
+		p.log.Warn("clear stale conntrack entries", "err", err)
+	}
+	health := false
+	for name, old := range stale {
+		health = health || old.sp.HealthCheckPort != 0
+		if updates[name] == nil {
+			delete(p.programmed, name)
+		}
+	}
+	for name, now := range updates {
+		health = health || now.sp.HealthCheckPort != 0
+		p.programmed[name] = now
+	}
+	if health {
+		p.health.update(snap.state)
+	}
+	p.expected = nil
+	p.setSizeMetrics()
+}
+
+// setSizeMetrics sets the rules, elements and chains metrics.
+func (p *Proxier) setSizeMetrics() {
+	rules, elems, chains := p.refs.rules, p.refs.elems, p.refs.chains+len(p.baseRules)
 	for _, n := range p.baseRules {
 		rules += n
 	}
@@ -319,9 +294,6 @@ func (p *Proxier) afterSync(snap snapshot, programmed map[ServicePortName]*portO
 		if o.tier != tierMap {
 			chains++
 		}
-	}
-	for _, o := range programmed {
-		rules, elems, chains = rules+o.rules, elems+len(o.elements), chains+len(o.chains)
 	}
 	p.metrics.rules.Set(float64(rules))
 	p.metrics.elements.Set(float64(elems))
