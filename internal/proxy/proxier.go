@@ -27,30 +27,22 @@
 // The library is sigs.k8s.io/knftables (as kube-proxy's): it renders a
 // transaction as nft syntax and runs `nft -f -`, and gives tests a Fake with
 // the same API. Package nft adapts it: element additions merged into one
-// command per set, and names listed over netlink. Measured with
-// `go run ./bench/proxy -services 10000` (2 endpoints each) on the 2-core
-// reference VM: the first full sync takes 1.07-1.13 s, a full sync over the
-// table a previous run left 1.00-1.06 s, a sync after one EndpointSlice
-// change p50 49-50 ms, p99 78-98 ms.
+// command per set, names listed over netlink, and a partial sync that
+// changes only map elements (an endpoint change: a Service is map
+// elements) sent to the kernel over netlink in one batch, without starting
+// nft, which re-reads the table before it applies anything (txn.go). Full
+// syncs and structural partial syncs (a new endpoint count, session
+// affinity) still go through nft.
 //
-// knftables against google/nftables, measured with bench/nftlib (the same
-// ruleset, in the shape this proxy renders, through both libraries, checked
-// to list identically; 2 idle cores, nft 1.0.6, `go run ./bench/nftlib
-// -services 1000,10000 -shape inline`): a full load of 10,000 Services takes
-// 1.25 s with knftables and 1.19 s with google/nftables, which allocates
-// 275 MB of Go heap per load against 26 MB (plus 155 MB in the short-lived
-// nft process) and needs its netlink socket buffers raised to get past ~100
-// Services (it asks for an ack per message and an echo per rule). A
-// one-Service update is where they differ: p50 8.3 ms against 44.9 ms, p99
-// 14 ms against 64 ms, since knftables starts nft, which re-reads the table
-// and parses each time. We keep knftables: the full sync costs the same, a
-// partial sync is already well inside the programming-latency target (a
-// fifth of kube-proxy's, see the README), the agent's heap stays small, and
-// tests get a Fake and rules in the syntax we debug with. A netlink backend
-// is the lever left for partial-sync latency (~30 ms at 10,000 Services).
-// (That comparison was made with a chain per Service; the ruleset is
-// mostly map elements now.)
-//
+// knftables against google/nftables for whole syncs, measured with
+// bench/nftlib (the same ruleset through both libraries, checked to list
+// identically; nft 1.0.6, `go run ./bench/nftlib -services 1000,10000
+// -shape inline`, when a Service was a chain): a full load of 10,000
+// Services takes 1.25 s with knftables and 1.19 s with google/nftables,
+// which allocates 275 MB of Go heap per load against 26 MB and needs its
+// netlink socket buffers raised to get past ~100 Services. So full syncs
+// stay with nft; element changes, small by nature, go over netlink.
+
 // Every sync is one nftables transaction, so the kernel goes from one
 // consistent ruleset to the next, and a failed one leaves the table as the
 // last successful sync wrote it: the proxier keeps its record of what is
