@@ -7,7 +7,8 @@
 //     pods, the intended "not ready" state;
 //   - IP forwarding on, and a route to every other node's pod CIDR via its
 //     InternalIP (package routes);
-//   - pod egress leaving the cluster is masqueraded (package egress);
+//   - pod egress leaving the cluster is masqueraded (package egress, an
+//     engine per family on its own runner, given every node's addresses);
 //   - with --proxy (the default), Services are programmed into nftables by
 //     the service proxy (package proxy), which replaces kube-proxy; bridged
 //     IPv4 traffic is sent through the IP hooks
@@ -65,7 +66,7 @@ type Agent struct {
 	log     *slog.Logger
 	nodes   corelisters.NodeLister
 	handle  *netlink.Handle
-	masqs   []*egress.Masquerader // one per cluster CIDR, in the same order
+	egress  []*egress.Engine // one per cluster CIDR, each on its own runner
 	metrics *metrics
 
 	registry *prometheus.Registry
@@ -103,7 +104,7 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		a.masqs = append(a.masqs, m)
+		a.egress = append(a.egress, egress.NewEngine(m, cidr, log.With("component", "egress", "cidr", cidr.String())))
 	}
 	client, err := newClient(o.Kubeconfig)
 	if err != nil {
@@ -126,7 +127,9 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 		}
 		log.Info("service proxy running", "table", proxy.Table, "families", len(a.proxiers))
 	}
-	go a.watchEgress(ctx)
+	for _, e := range a.egress {
+		go e.Run(ctx)
+	}
 	a.runner.Run(ctx)
 	return nil
 }
@@ -159,28 +162,6 @@ func (a *Agent) watchNodes(ctx context.Context, factory informers.SharedInformer
 		return ctx.Err()
 	}
 	return nil
-}
-
-// watchEgress pokes the node sync when an egress table has vanished behind
-// the agent's back (`nft flush ruleset`), checked every second, so pod
-// egress is masqueraded again at once rather than at the next resync.
-func (a *Agent) watchEgress(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		for _, m := range a.masqs {
-			if ok, err := m.Present(ctx); err == nil && !ok && !a.runner.Status().LastSuccess.IsZero() {
-				a.log.Warn("egress table missing; rewriting it", "table", egress.Table)
-				a.runner.Poke()
-				break
-			}
-		}
-	}
 }
 
 // minSyncInterval bounds how often node events can cause a sync.
@@ -265,8 +246,8 @@ func (a *Agent) syncOnce(ctx context.Context) error {
 	if n, err := routes.Count(a.handle); err == nil {
 		a.metrics.routes.Set(float64(n))
 	}
-	for i, m := range a.masqs {
-		errs = append(errs, m.Sync(ctx, a.o.ClusterCIDRs[i], nodeIPs))
+	for _, e := range a.egress {
+		e.SetNodeIPs(nodeIPs)
 	}
 	return errors.Join(errs...)
 }

@@ -57,6 +57,11 @@ func (a *Agent) live(now time.Time) error {
 			return fmt.Errorf("service proxy: %w", err)
 		}
 	}
+	for _, e := range a.egress {
+		if err := e.Status().Stalled(now, a.o.HealthTimeout); err != nil {
+			return fmt.Errorf("egress: %w", err)
+		}
+	}
 	return nil
 }
 

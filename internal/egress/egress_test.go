@@ -2,9 +2,12 @@ package egress
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/knftables"
 
@@ -85,5 +88,38 @@ func TestPresent(t *testing.T) {
 	}
 	if present() {
 		t.Fatal("present after the table was deleted")
+	}
+}
+
+// The engine writes the table once it has node addresses, rewrites it
+// when they change, and restores it within a check interval when it is
+// deleted behind its back.
+func TestEngineKeepsTheTable(t *testing.T) {
+	fake := knftables.NewFake(knftables.IPv4Family, Table)
+	e := NewEngine(NewWith(fake, nft.IPv4), netip.MustParsePrefix("10.244.0.0/16"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go e.Run(ctx)
+	has := func(what string) func() bool {
+		return func() bool { return strings.Contains(fake.Dump(), what) }
+	}
+	e.SetNodeIPs([]netip.Addr{netip.MustParseAddr("172.30.0.11"), netip.MustParseAddr("fd00:30::11")})
+	waitFor(t, has("172.30.0.11"), "the node address in the table")
+	e.SetNodeIPs([]netip.Addr{netip.MustParseAddr("172.30.0.12")})
+	waitFor(t, func() bool { return has("172.30.0.12")() && !has("172.30.0.11")() }, "the new node address, the old gone")
+	tx := fake.NewTransaction()
+	tx.Delete(&knftables.Table{})
+	if err := fake.Run(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, has("masquerade"), "the deleted table restored")
+}
+
+func waitFor(t *testing.T, ok func() bool, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not seen within 5 s: %s", what)
+		}
 	}
 }

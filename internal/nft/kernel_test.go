@@ -61,7 +61,9 @@ func refusals(t *testing.T) error {
 	if e, ok := err.(*Error); !ok || e.Object != "10.0.0.1 . tcp . 80" {
 		t.Errorf("the error names %#v, want the refused key", err)
 	}
-	keys, err := nft.(interface{ MapKeys(string) ([][]byte, error) }).MapKeys("m")
+	keys, err := nft.(interface {
+		MapKeys(string) ([][]byte, error)
+	}).MapKeys("m")
 	if err != nil || len(keys) != 1 {
 		t.Errorf("after the refused transaction the map has %d keys (%v), want the 1 it had", len(keys), err)
 	}
