@@ -96,7 +96,7 @@ func TestElementsOverNetlinkAsNftWritesThem(t *testing.T) {
 	}
 }
 
-var testTypes = map[string]string{
+var testTypes4 = map[string]string{
 	"vips":      "ipv4_addr . inet_proto . inet_service : verdict",
 	"eps":       "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
 	"nodeports": "inet_proto . inet_service : ipv4_addr . inet_service",
@@ -104,7 +104,7 @@ var testTypes = map[string]string{
 	"pairs":     "ipv4_addr . ipv4_addr",
 }
 
-var testOps = []ElementOp{
+var testOps4 = []ElementOp{
 	{Set: "vips", Key: []string{"10.96.0.10", "tcp", "80"}, Value: []string{"goto lb"}, Comment: "ns/web/tcp/http"},
 	{Set: "vips", Key: []string{"10.96.0.11", "udp", "53"}, Value: []string{"drop"}},
 	{Set: "eps", Key: []string{"10.96.0.10", "tcp", "80"}, Value: []string{"10.244.1.2", "8080"}},
@@ -113,10 +113,37 @@ var testOps = []ElementOp{
 	{Set: "pairs", Key: []string{"10.244.1.2", "10.244.1.2"}},
 }
 
+var v6 = strings.NewReplacer("ipv4_addr", "ipv6_addr", "10.96.0.10", "fd00:96::10", "10.96.0.11", "fd00:96::11",
+	"10.244.1.2", "fd00:244::2", "10.244.1.3", "fd00:244::3")
+
+// testSets are the test's set types and element changes in family fam.
+func testSets(fam Family) (map[string]string, []ElementOp) {
+	if fam == IPv4 {
+		return testTypes4, testOps4
+	}
+	types := map[string]string{}
+	for k, v := range testTypes4 {
+		types[k] = v6.Replace(v)
+	}
+	var ops []ElementOp
+	for _, op := range testOps4 {
+		op.Key, op.Value = slices.Clone(op.Key), slices.Clone(op.Value)
+		for i := range op.Key {
+			op.Key[i] = v6.Replace(op.Key[i])
+		}
+		for i := range op.Value {
+			op.Value[i] = v6.Replace(op.Value[i])
+		}
+		ops = append(ops, op)
+	}
+	return types, ops
+}
+
 // table makes table name with the test sets, and elements in it through
 // nft when viaNft is set.
-func testTable(ctx context.Context, name string, viaNft bool) (knftables.Interface, error) {
-	nft, err := New(IPv4, name)
+func testTable(ctx context.Context, fam Family, name string, viaNft bool) (knftables.Interface, error) {
+	testTypes, testOps := testSets(fam)
+	nft, err := New(fam, name)
 	if err != nil {
 		return nil, err
 	}
@@ -150,8 +177,8 @@ func testTable(ctx context.Context, name string, viaNft bool) (knftables.Interfa
 
 // listTable lists the elements of each set of table name, sorted (a hash
 // set lists its elements in an order of its own).
-func listTable(name string) string {
-	out, _ := exec.Command("nft", "list", "table", "ip", name).CombinedOutput()
+func listTable(fam Family, name string) string {
+	out, _ := exec.Command("nft", "list", "table", fam.IP(), name).CombinedOutput()
 	var b strings.Builder
 	for _, m := range setBlock.FindAllStringSubmatch(strings.Join(strings.Fields(string(out)), " "), -1) {
 		elems := strings.Split(m[2], ", ")
@@ -164,19 +191,29 @@ func listTable(name string) string {
 var setBlock = regexp.MustCompile(`(?:set|map) (\S+) \{ type [^}]*?elements = \{ ([^}]*) \}`)
 
 func elementsBothWays(t *testing.T) error {
+	for _, fam := range []Family{IPv4, IPv6} {
+		if err := elementsBothWaysIn(t, fam); err != nil {
+			return fmt.Errorf("%s: %w", fam, err)
+		}
+	}
+	return nil
+}
+
+func elementsBothWaysIn(t *testing.T, fam Family) error {
 	ctx := context.Background()
-	if _, err := testTable(ctx, "fn-via-nft", true); err != nil {
+	testTypes, testOps := testSets(fam)
+	if _, err := testTable(ctx, fam, "fn-via-nft", true); err != nil {
 		return err
 	}
-	nl, err := testTable(ctx, "fn-via-netlink", false)
+	nl, err := testTable(ctx, fam, "fn-via-netlink", false)
 	if err != nil {
 		return err
 	}
 	if err := nl.(ElementWriter).RunElements(ctx, testTypes, testOps); err != nil {
 		return err
 	}
-	if a, b := listTable("fn-via-nft"), listTable("fn-via-netlink"); a != b || strings.Count(a, "\n") != len(testTypes) {
-		t.Errorf("over netlink the table reads\n%s\nthrough nft\n%s", b, a)
+	if a, b := listTable(fam, "fn-via-nft"), listTable(fam, "fn-via-netlink"); a != b || strings.Count(a, "\n") != len(testTypes) {
+		t.Errorf("%s: over netlink the table reads\n%s\nthrough nft\n%s", fam, b, a)
 	}
 	var dels []ElementOp
 	for _, op := range testOps {
@@ -185,12 +222,12 @@ func elementsBothWays(t *testing.T) error {
 	if err := nl.(ElementWriter).RunElements(ctx, testTypes, dels); err != nil {
 		return err
 	}
-	if got := listTable("fn-via-netlink"); got != "" {
-		t.Errorf("after deleting every element:\n%s", got)
+	if got := listTable(fam, "fn-via-netlink"); got != "" {
+		t.Errorf("%s: after deleting every element:\n%s", fam, got)
 	}
 	err = nl.(ElementWriter).RunElements(ctx, testTypes, dels[:1])
 	if !IsNotFound(err) {
-		t.Errorf("deleting a missing element over netlink: %v, want a not-found error", err)
+		t.Errorf("%s: deleting a missing element over netlink: %v, want a not-found error", fam, err)
 	}
 	return nil
 }
