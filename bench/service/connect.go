@@ -67,6 +67,11 @@ func (c *connector) from(port int) error {
 	}
 	defer unix.Close(fd)
 	if port != 0 {
+		// SO_REUSEADDR: a port whose only socket is in TIME_WAIT (another
+		// connection's, to elsewhere) is one the kernel would pick too.
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return err
+		}
 		var sa unix.Sockaddr = &unix.SockaddrInet4{Port: port}
 		if c.family == unix.AF_INET6 {
 			sa = &unix.SockaddrInet6{Port: port}

@@ -62,11 +62,13 @@ type row struct {
 	vsDirect, podVsDirect ratio  // via ClusterIP / straight to the pods, median of paired rounds
 	createdIn             time.Duration
 	programmingFailures   error
+	forbidden             int // lines of the proxy's log with "forbidden": it lacked RBAC
 }
 
 // measured reports whether the row has connection rates: a proxy whose
-// warm-up connections failed gets none.
-func (r row) measured() bool { return r.warmNode.ok() && r.warmPod.ok() }
+// warm-up connections failed, or that was refused what it asked the API
+// server for, gets none.
+func (r row) measured() bool { return r.warmNode.ok() && r.warmPod.ok() && r.forbidden == 0 }
 
 func main() {
 	nsexec.MaybeRun() // the lab starts its processes by re-executing this binary
@@ -195,8 +197,17 @@ func (b *bench) measureAll(sizes, only string, samples int) ([]row, error) {
 
 // measure runs proxy p on node-1 and fills r.
 func (b *bench) measure(r *row, p proxyUnderTest, vip string, samples int) (err error) {
+	left, err := prepare(b.l, b.o.BinDir, p)
+	if err != nil {
+		return err
+	}
+	if len(left) > 0 {
+		fmt.Printf("    deleted what the previous proxy left on node-1: tables %v\n", left)
+	}
+	logPath := b.l.Path("logs", p.process+".log")
+	logFrom := fileSize(logPath)
 	start := time.Now()
-	pid, left, err := startOn(b.l, b.o.BinDir, p)
+	pid, err := launch(b.l, b.o.BinDir, p)
 	if err != nil {
 		return err
 	}
@@ -205,9 +216,6 @@ func (b *bench) measure(r *row, p proxyUnderTest, vip string, samples int) (err 
 			err = serr
 		}
 	}()
-	if len(left) > 0 {
-		fmt.Printf("    deleted what the previous proxy left on node-1: tables %v\n", left)
-	}
 	if _, err := b.probe.waitWorking(b.ctx, vip, 10*time.Minute); err != nil {
 		return fmt.Errorf("%s: %w", p.name, err)
 	}
@@ -222,12 +230,22 @@ func (b *bench) measure(r *row, p proxyUnderTest, vip string, samples int) (err 
 		r.programmingFailures = err
 	}
 	r.latP50, r.latP99 = pct(lat, .5), pct(lat, .99)
+	r.forbidden = countLines(logPath, logFrom, "forbidden")
+	b.measureTraffic(r, p, pid, vip)
+	return nil
+}
+
+// measureTraffic warms up and, when every warm-up connection worked and
+// the proxy was allowed everything it asked the API server for, measures
+// connection rates.
+func (b *bench) measureTraffic(r *row, p proxyUnderTest, pid int, vip string) {
 	fmt.Printf("    node-1: %s\n    node-1's conntrack entries toward %s: %v\n", readSettings(b.nodeNS), vip, vipFlows(b.nodeNS, vip))
 	r.warmNode, r.warmPod = warmUp(b.nodeNS, vip), warmUp(b.podNS, vip)
 	fmt.Printf("    warm-up through %s, one connection from every source port: from node-1 %s; from a pod %s\n", vip, r.warmNode, r.warmPod)
+	fmt.Printf("    %s's log: %d lines with \"forbidden\"\n", p.process, r.forbidden)
 	if !r.measured() {
-		fmt.Printf("    %s: warm-up connections failed, no connection rates measured\n", p.name)
-		return nil
+		fmt.Printf("    %s: no connection rates measured\n", p.name)
+		return
 	}
 	cpu0, t0 := cpuSeconds(pid), time.Now()
 	r.viaVIP, r.direct, r.vsDirect = b.runs.compare("node-1", b.nodeNS, b.serverNS, vip, b.direct)
@@ -237,7 +255,31 @@ func (b *bench) measure(r *row, p proxyUnderTest, vip string, samples int) (err 
 	fmt.Printf("    start->working %s, full sync %.2fs, RSS %.0f MiB, latency p50 %s p99 %s, %0.f conn/s via VIP, %0.f direct\n",
 		r.startToWorking.Round(time.Millisecond), r.fullSync, r.rssMiB, r.latP50.Round(time.Millisecond), r.latP99.Round(time.Millisecond),
 		r.viaVIP.perSec, r.direct.perSec)
-	return nil
+}
+
+// fileSize is the size of the file at path, 0 when there is none.
+func fileSize(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// countLines counts the lines of the file at path from offset on that
+// contain s.
+func countLines(path string, offset int64, s string) int {
+	b, err := os.ReadFile(path)
+	if err != nil || offset > int64(len(b)) {
+		return 0
+	}
+	n := 0
+	for _, line := range strings.Split(string(b[offset:]), "\n") {
+		if strings.Contains(line, s) {
+			n++
+		}
+	}
+	return n
 }
 
 // fullSyncSeconds is the duration of the proxy's first full sync, from its

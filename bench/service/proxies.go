@@ -76,26 +76,26 @@ func readInt(path string) (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
-// startOn runs the proxy on node-1 (flatnetd there is restarted with or
-// without its proxy, so that exactly one proxy programs the node), after
-// resetNode: every proxy starts on the same node. It returns the proxy's
-// pid and the tables resetNode had to delete.
-func startOn(l lab.Layout, bin string, p proxyUnderTest) (int, []string, error) {
+// prepare makes node-1 ready for proxy p: flatnetd there is restarted
+// without its proxy unless p is flatnet (so that exactly one proxy
+// programs the node), then resetNode. It returns the tables resetNode had
+// to delete.
+func prepare(l lab.Layout, bin string, p proxyUnderTest) ([]string, error) {
 	l.StopProcess("flatnetd-node-1", 10*time.Second)
 	if p.name != "flatnet" {
 		if err := l.StartProcess("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false)); err != nil {
-			return 0, nil, err
+			return nil, err
 		}
 	}
-	left, err := resetNode(netns.Path(l.NS("node-1")))
-	if err != nil {
-		return 0, nil, err
-	}
+	return resetNode(netns.Path(l.NS("node-1")))
+}
+
+// launch starts proxy p on node-1 and returns its pid.
+func launch(l lab.Layout, bin string, p proxyUnderTest) (int, error) {
 	if err := l.StartProcess(p.process, "node-1", p.argv(l, bin)); err != nil {
-		return 0, nil, err
+		return 0, err
 	}
-	pid, err := readInt(l.Path("pids", p.process))
-	return pid, left, err
+	return readInt(l.Path("pids", p.process))
 }
 
 // stop ends the proxy and cleans up after it as an operator switching

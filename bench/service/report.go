@@ -37,8 +37,8 @@ func report(rows []row, runs rateRuns) {
 	_ = w.Flush()
 	for _, r := range rows {
 		if !r.measured() {
-			fmt.Printf("NOT IN THE TABLE: %s with %d Services, warm-up through the ClusterIP failed: from node-1 %s; from a pod %s\n",
-				r.proxy, r.size, r.warmNode, r.warmPod)
+			fmt.Printf("NOT IN THE TABLE: %s with %d Services: warm-up through the ClusterIP from node-1 %s; from a pod %s; %d \"forbidden\" lines in its log\n",
+				r.proxy, r.size, r.warmNode, r.warmPod, r.forbidden)
 		}
 	}
 	fmt.Printf("warm-up: one connection through the ClusterIP from every source port of the client (node-1 and a pod); rates: %d workers pinned to CPUs, %d pairs of %s rounds\n",
