@@ -55,13 +55,31 @@ func newConnector(addr string, timeout time.Duration) (*connector, error) {
 }
 
 // once connects and closes with RST (no TIME_WAIT); a connect that gets no
-// answer within the timeout fails with EAGAIN/EINPROGRESS.
-func (c *connector) once() error {
+// answer within the timeout fails with EAGAIN/EINPROGRESS. The kernel picks
+// the source port.
+func (c *connector) once() error { return c.from(0) }
+
+// from is once from source port port (0: the kernel's choice).
+func (c *connector) from(port int) error {
 	fd, err := unix.Socket(c.family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
+	if port != 0 {
+		// SO_REUSEADDR: a port whose only socket is in TIME_WAIT (another
+		// connection's, to elsewhere) is one the kernel would pick too.
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return err
+		}
+		var sa unix.Sockaddr = &unix.SockaddrInet4{Port: port}
+		if c.family == unix.AF_INET6 {
+			sa = &unix.SockaddrInet6{Port: port}
+		}
+		if err := unix.Bind(fd, sa); err != nil {
+			return err
+		}
+	}
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &c.timeout); err != nil {
 		return err
 	}

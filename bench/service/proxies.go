@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -20,67 +21,91 @@ type proxyUnderTest struct {
 	metrics string // metrics address inside node-1
 	// the metric with full-sync durations (sum and count are read)
 	fullSync string
-	table    string // what to remove after it stopped: nft table or iptables
+	mode     string // kube-proxy's --proxy-mode; "" for flatnet
 	argv     func(l lab.Layout, bin string) []string
 }
 
 func proxies() []proxyUnderTest {
-	kubeProxy := func(mode string) func(l lab.Layout, bin string) []string {
-		return func(l lab.Layout, bin string) []string {
-			return []string{filepath.Join(bin, "flatnet-controlplane"), "kube-proxy",
-				"--kubeconfig=" + l.Kubeconfig("flatnetd-node-1"), "--hostname-override=node-1",
-				"--proxy-mode=" + mode, "--cluster-cidr=" + lab.ClusterCIDRs(),
-				"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256",
-				// leave the machine-wide conntrack limits alone
-				"--conntrack-max-per-core=0", "--conntrack-min=0",
-				"--v=1"}
-		}
+	kubeProxy := func(mode, fullSync string) proxyUnderTest {
+		return proxyUnderTest{name: "kube-proxy-" + mode, process: "bench-kube-proxy", metrics: "127.0.0.1:10249",
+			fullSync: fullSync, mode: mode,
+			argv: func(l lab.Layout, bin string) []string { return kubeProxyArgs(l, bin, mode) }}
 	}
 	return []proxyUnderTest{
 		{name: "flatnet", process: "flatnetd-node-1", metrics: "127.0.0.1:9466",
-			fullSync: "flatnet_proxy_sync_duration_seconds", table: "ip flatnet-proxy",
-			argv: func(l lab.Layout, bin string) []string { return l.AgentArgs(bin, 1, true) }},
-		{name: "kube-proxy-nftables", process: "bench-kube-proxy", metrics: "127.0.0.1:10249",
-			fullSync: "kubeproxy_sync_full_proxy_rules_duration_seconds", table: "nftables", argv: kubeProxy("nftables")},
-		{name: "kube-proxy-iptables", process: "bench-kube-proxy", metrics: "127.0.0.1:10249",
-			fullSync: "kubeproxy_sync_proxy_rules_duration_seconds", table: "iptables", argv: kubeProxy("iptables")},
+			fullSync: "flatnet_proxy_sync_duration_seconds",
+			argv:     func(l lab.Layout, bin string) []string { return l.AgentArgs(bin, 1, true) }},
+		kubeProxy("nftables", "kubeproxy_sync_full_proxy_rules_duration_seconds"),
+		kubeProxy("iptables", "kubeproxy_sync_proxy_rules_duration_seconds"),
 	}
 }
 
-// startOn runs the proxy on node-1 (flatnetd there is restarted with or
-// without its proxy, so that exactly one proxy programs the node).
-func startOn(l lab.Layout, bin string, p proxyUnderTest) (int, error) {
-	l.StopProcess("flatnetd-node-1", 10*time.Second)
-	if p.name != "flatnet" {
-		if err := l.StartProcess("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false)); err != nil {
-			return 0, err
-		}
+// kubeProxyArgs is kube-proxy's command line as kubeadm's DaemonSet runs it:
+// its own identity (system:kube-proxy, bound to ClusterRole
+// system:node-proxier by the API server's bootstrap RBAC), the node's name,
+// the cluster's pod CIDRs (kubeadm's clusterCIDR is the pod subnet) and
+// every other setting at its default (metrics on 127.0.0.1:10249, healthz
+// on 0.0.0.0:10256, conntrack limit max(32768 per core, 131072), TCP
+// timeouts established 24 h and CLOSE_WAIT 1 h).
+//
+// The one exception: the conntrack limit and hash size are the machine's,
+// not node-1's (a namespace cannot write them), and kube-proxy only raises
+// them. Where they are below what it would set, it gets
+// --conntrack-max-per-core=0 so that it neither fails nor changes the
+// machine; it says so in the log.
+func kubeProxyArgs(l lab.Layout, bin, mode string) []string {
+	args := []string{filepath.Join(bin, "flatnet-controlplane"), "kube-proxy",
+		"--kubeconfig=" + l.Kubeconfig(lab.KubeProxyIdentity), "--hostname-override=node-1",
+		"--proxy-mode=" + mode, "--cluster-cidr=" + lab.ClusterCIDRs(), "--v=1"}
+	want := min(max(32768*runtime.NumCPU(), 131072), 1<<20)
+	limit, err1 := readInt("/proc/sys/net/netfilter/nf_conntrack_max")
+	hash, err2 := readInt("/sys/module/nf_conntrack/parameters/hashsize")
+	if err1 != nil || err2 != nil || limit < want || hash < want/4 {
+		fmt.Printf("    machine conntrack limit %d, hash size %d (kube-proxy would set %d, %d): kube-proxy runs with --conntrack-max-per-core=0\n",
+			limit, hash, want, want/4)
+		args = append(args, "--conntrack-max-per-core=0")
 	}
-	if err := l.StartProcess(p.process, "node-1", p.argv(l, bin)); err != nil {
-		return 0, err
-	}
-	b, err := os.ReadFile(l.Path("pids", p.process))
+	return args
+}
+
+func readInt(path string) (int, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
-// stop ends the proxy and removes what it programmed, so the next one starts
-// from a clean node (and flatnetd runs without a proxy meanwhile).
+// prepare makes node-1 ready for proxy p: flatnetd there is restarted
+// without its proxy unless p is flatnet (so that exactly one proxy
+// programs the node), then resetNode. It returns the tables resetNode had
+// to delete.
+func prepare(l lab.Layout, bin string, p proxyUnderTest) ([]string, error) {
+	l.StopProcess("flatnetd-node-1", 10*time.Second)
+	if p.name != "flatnet" {
+		if err := l.StartProcess("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false)); err != nil {
+			return nil, err
+		}
+	}
+	return resetNode(netns.Path(l.NS("node-1")))
+}
+
+// launch starts proxy p on node-1 and returns its pid.
+func launch(l lab.Layout, bin string, p proxyUnderTest) (int, error) {
+	if err := l.StartProcess(p.process, "node-1", p.argv(l, bin)); err != nil {
+		return 0, err
+	}
+	return readInt(l.Path("pids", p.process))
+}
+
+// stop ends the proxy and cleans up after it as an operator switching
+// proxies would (kube-proxy --cleanup; flatnetd keeps its table across
+// restarts, so resetNode deletes it before the next proxy starts), and
+// runs flatnetd without a proxy meanwhile.
 func stop(l lab.Layout, bin string, p proxyUnderTest) error {
 	l.StopProcess(p.process, 15*time.Second)
-	node := netns.Path(l.NS("node-1"))
-	switch p.table {
-	case "ip flatnet-proxy":
-		_ = runIn(node, "nft", "delete", "table", "ip", "flatnet-proxy")
-		_ = runIn(node, "nft", "delete", "table", "ip6", "flatnet-proxy")
-	default:
-		mode := "nftables"
-		if p.table == "iptables" {
-			mode = "iptables"
-		}
-		_ = runIn(node, filepath.Join(bin, "flatnet-controlplane"), "kube-proxy", "--cleanup", "--proxy-mode="+mode)
+	if p.mode != "" {
+		_ = runIn(netns.Path(l.NS("node-1")), filepath.Join(bin, "flatnet-controlplane"), "kube-proxy", "--cleanup", "--proxy-mode="+p.mode)
 	}
 	if p.name == "flatnet" {
 		return l.StartProcess("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false))

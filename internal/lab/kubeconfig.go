@@ -9,6 +9,9 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
+// KubeProxyIdentity owns the kubeconfig upstream kube-proxy runs with.
+const KubeProxyIdentity = "kube-proxy"
+
 // identity is one client of the API server: its certificate subject and the
 // kubeconfig it gets.
 type identity struct {
@@ -22,6 +25,11 @@ func (l Layout) identities() []identity {
 		{"admin", "kubernetes-admin", []string{"system:masters"}},
 		{"controller-manager", "system:kube-controller-manager", nil},
 		{"scheduler", "system:kube-scheduler", nil},
+		// Upstream kube-proxy, for the Service benchmark: the API server's
+		// bootstrap RBAC binds ClusterRole system:node-proxier to this user
+		// (ClusterRoleBinding system:node-proxier), as on a cluster set up by
+		// hand; kubeadm binds the same role to a ServiceAccount instead.
+		{KubeProxyIdentity, "system:kube-proxy", nil},
 	}
 	for i := 1; i <= l.Nodes; i++ {
 		n := l.NodeName(i)
