@@ -59,6 +59,25 @@ func droppedNow(t *testing.T, nsPath, addr string) {
 	}
 }
 
+// droppedOnceKnown asserts a TCP connect gets no answer once the client's
+// node knows the Service's endpoints: until the EndpointSlice reaches it,
+// the Service has none there and is refused, which is right too.
+func droppedOnceKnown(t *testing.T, nsPath, addr string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		c, err := probe.Dial(nsPath, "tcp", addr, 2*time.Second)
+		switch {
+		case err == nil:
+			c.Close()
+			t.Fatalf("%s: connected, want a silent drop", addr)
+		case !errors.Is(err, syscall.ECONNREFUSED):
+			return // no answer: dropped
+		case time.Now().After(deadline):
+			t.Fatalf("%s: still refused after 30 s, want a silent drop once the endpoints are known", addr)
+		}
+	}
+}
+
 // One port number on two protocols; an unknown port of the ClusterIP is
 // rejected; a pod reaches itself through its Service (hairpin).
 func TestServicePortsProtocolsAndHairpin(t *testing.T) {
@@ -152,7 +171,7 @@ func TestServiceInternalTrafficPolicyLocal(t *testing.T) {
 		if c.Spec.NodeName == pods[0].Spec.NodeName {
 			hostname(t, podNS(&c), vip)
 		} else {
-			droppedNow(t, podNS(&c), vip)
+			droppedOnceKnown(t, podNS(&c), vip)
 		}
 	}
 }
