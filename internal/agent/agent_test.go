@@ -16,8 +16,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/knftables"
 
+	"github.com/flatnet-io/flatnet/internal/nft"
 	"github.com/flatnet-io/flatnet/internal/proxy"
 )
 
@@ -61,9 +61,9 @@ func TestValidate(t *testing.T) {
 }
 
 // failingNFT is an nftables whose transactions the kernel refuses.
-type failingNFT struct{ knftables.Interface }
+type failingNFT struct{ nft.Tables }
 
-func (failingNFT) Run(context.Context, *knftables.Transaction) error { return errors.New("refused") }
+func (failingNFT) Run(context.Context, *nft.Tx) error { return errors.New("refused") }
 
 type noConntrack struct{}
 
@@ -95,7 +95,7 @@ func TestHealthAndReadiness(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
 		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", Ports: []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}}}
-	stuck := proxy.New(proxy.Config{NodeName: "n"}, failingNFT{knftables.NewFake(knftables.IPv4Family, proxy.Table)}, noConntrack{}, log)
+	stuck := proxy.New(proxy.Config{NodeName: "n"}, failingNFT{nft.NewFake(nft.IPv4, proxy.Table)}, noConntrack{}, log)
 	a.proxiers = []*proxy.Proxier{stuck}
 	if get("/readyz") != http.StatusServiceUnavailable {
 		t.Fatal("ready before the proxy synced once")
@@ -109,7 +109,7 @@ func TestHealthAndReadiness(t *testing.T) {
 		t.Fatal("live while every proxy sync has failed for twice the health timeout")
 	}
 
-	ok := proxy.New(proxy.Config{NodeName: "n"}, knftables.NewFake(knftables.IPv4Family, proxy.Table), noConntrack{}, log)
+	ok := proxy.New(proxy.Config{NodeName: "n"}, nft.NewFake(nft.IPv4, proxy.Table), noConntrack{}, log)
 	a.proxiers = []*proxy.Proxier{ok}
 	go ok.Run(ctx)
 	ok.UpdateService(svc)

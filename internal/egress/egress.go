@@ -36,7 +36,7 @@ const Table = "flatnet-egress"
 
 // Masquerader keeps the egress table of one IP family in sync.
 type Masquerader struct {
-	nft knftables.Interface
+	nft nft.Tables
 	fam nft.Family
 }
 
@@ -51,9 +51,9 @@ func New(clusterCIDR netip.Prefix) (*Masquerader, error) {
 	return NewWith(tables, fam), nil
 }
 
-// NewWith uses the given knftables interface (a Fake in tests), made for
+// NewWith uses the given tables (nft.NewFake in tests), made for
 // family fam.
-func NewWith(tables knftables.Interface, fam nft.Family) *Masquerader {
+func NewWith(tables nft.Tables, fam nft.Family) *Masquerader {
 	return &Masquerader{nft: tables, fam: fam}
 }
 
@@ -77,7 +77,7 @@ func (m *Masquerader) Present(ctx context.Context) (bool, error) {
 // the node addresses of that family.
 func (m *Masquerader) Sync(ctx context.Context, clusterCIDR netip.Prefix, nodeIPs []netip.Addr) error {
 	ip, addrType := m.fam.IP(), m.fam.AddrType()
-	tx := m.nft.NewTransaction()
+	tx := m.nft.NewTx()
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo("flatnet: masquerade pod egress")})
 	tx.Add(&knftables.Set{Name: "nodes", Type: addrType, Comment: knftables.PtrTo("InternalIPs of all nodes: never masqueraded")})
 	tx.Flush(&knftables.Set{Name: "nodes"})

@@ -15,7 +15,7 @@ import (
 )
 
 func TestSyncRewritesAtomically(t *testing.T) {
-	fake := knftables.NewFake(knftables.IPv4Family, Table)
+	fake := nft.NewFake(nft.IPv4, Table)
 	m := NewWith(fake, nft.IPv4)
 	cidr := netip.MustParsePrefix("10.244.0.0/16")
 	if err := m.Sync(context.Background(), cidr, []netip.Addr{netip.MustParseAddr("172.30.0.12"), netip.MustParseAddr("172.30.0.11")}); err != nil {
@@ -41,7 +41,7 @@ func TestSyncRewritesAtomically(t *testing.T) {
 // On a dual-stack node the IPv6 table carries the IPv6 cluster CIDR and
 // IPv6 node addresses only.
 func TestSyncIPv6(t *testing.T) {
-	fake := knftables.NewFake(knftables.IPv6Family, Table)
+	fake := nft.NewFake(nft.IPv6, Table)
 	m := NewWith(fake, nft.IPv6)
 	nodes := []netip.Addr{netip.MustParseAddr("172.30.0.11"), netip.MustParseAddr("fd00:30::11")}
 	if err := m.Sync(context.Background(), netip.MustParsePrefix("fd00:244::/56"), nodes); err != nil {
@@ -61,7 +61,7 @@ func TestSyncIPv6(t *testing.T) {
 // Present is false until the first Sync and again once the table is
 // deleted behind the Masquerader's back.
 func TestPresent(t *testing.T) {
-	fake := knftables.NewFake(knftables.IPv4Family, Table)
+	fake := nft.NewFake(nft.IPv4, Table)
 	m := NewWith(fake, nft.IPv4)
 	ctx := context.Background()
 	present := func() bool {
@@ -81,7 +81,7 @@ func TestPresent(t *testing.T) {
 	if !present() {
 		t.Fatal("not present after a sync")
 	}
-	tx := fake.NewTransaction()
+	tx := fake.NewTx()
 	tx.Delete(&knftables.Table{})
 	if err := fake.Run(ctx, tx); err != nil {
 		t.Fatal(err)
@@ -95,7 +95,7 @@ func TestPresent(t *testing.T) {
 // when they change, and restores it within a check interval when it is
 // deleted behind its back.
 func TestEngineKeepsTheTable(t *testing.T) {
-	fake := knftables.NewFake(knftables.IPv4Family, Table)
+	fake := nft.NewFake(nft.IPv4, Table)
 	e := NewEngine(NewWith(fake, nft.IPv4), netip.MustParsePrefix("10.244.0.0/16"), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -107,7 +107,7 @@ func TestEngineKeepsTheTable(t *testing.T) {
 	waitFor(t, has("172.30.0.11"), "the node address in the table")
 	e.SetNodeIPs([]netip.Addr{netip.MustParseAddr("172.30.0.12")})
 	waitFor(t, func() bool { return has("172.30.0.12")() && !has("172.30.0.11")() }, "the new node address, the old gone")
-	tx := fake.NewTransaction()
+	tx := fake.NewTx()
 	tx.Delete(&knftables.Table{})
 	if err := fake.Run(ctx, tx); err != nil {
 		t.Fatal(err)

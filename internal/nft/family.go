@@ -62,3 +62,9 @@ func FamilyOf(a netip.Addr) Family {
 	}
 	return IPv4
 }
+
+func (f Family) addrLen() uint32 { return uint32(families[f].addrLen) }
+
+// proto is the netfilter protocol family (NFPROTO_IPV4 or NFPROTO_IPV6),
+// which is also the nfgenmsg family of the table's messages.
+func (f Family) proto() byte { return byte(families[f].netlink) }

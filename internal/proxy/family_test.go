@@ -10,7 +10,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/nft"
 )
 
 // A dual-stack Service is programmed by both proxiers, each with the
@@ -29,7 +30,7 @@ func TestDualStackOneProxierPerFamily(t *testing.T) {
 	only4Slice := slice("legacy", 8081, corev1.ProtocolTCP, ready("10.244.1.3", "node-1"))
 
 	dump := func(fam Family, cidr string) string {
-		fake := knftables.NewFake(fam.NFT(), Table)
+		fake := nft.NewFake(fam, Table)
 		p := New(Config{Family: fam, NodeName: "node-1", ClusterCIDR: netip.MustParsePrefix(cidr)}, fake, &recordingConntrack{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		t.Cleanup(p.Close)
 		for _, s := range []*corev1.Service{web, only4} {
@@ -72,7 +73,7 @@ func TestDualStackOneProxierPerFamily(t *testing.T) {
 // sync is due, no programming-latency sample is taken), yet a dual-stack
 // Service that becomes IPv4-only leaves its IPv6 table.
 func TestOtherFamilyIgnored(t *testing.T) {
-	fake := knftables.NewFake(knftables.IPv6Family, Table)
+	fake := nft.NewFake(nft.IPv6, Table)
 	p := New(Config{Family: IPv6, NodeName: "node-1", ClusterCIDR: netip.MustParsePrefix("fd00:244::/48")}, fake, &recordingConntrack{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	t.Cleanup(p.Close)
 	ctx := context.Background()

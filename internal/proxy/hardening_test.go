@@ -17,24 +17,25 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/nft"
 )
 
 // flakyNFT refuses transactions while fail is set, as the kernel refuses
 // one it cannot apply (and then applies nothing of it).
 type flakyNFT struct {
-	knftables.Interface
+	nft.Tables
 	mu   sync.Mutex
 	fail bool
 }
 
-func (f *flakyNFT) Run(ctx context.Context, tx *knftables.Transaction) error {
+func (f *flakyNFT) Run(ctx context.Context, tx *nft.Tx) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fail {
 		return errors.New("refused")
 	}
-	return f.Interface.Run(ctx, tx)
+	return f.Tables.Run(ctx, tx)
 }
 
 func (f *flakyNFT) setFail(v bool) { f.mu.Lock(); f.fail = v; f.mu.Unlock() }
@@ -45,7 +46,7 @@ func (f *flakyNFT) setFail(v bool) { f.mu.Lock(); f.fail = v; f.mu.Unlock() }
 // and the retry cleared every UDP flow of every Service port.
 func TestFailedSyncKeepsTheRecord(t *testing.T) {
 	p, fake, ct := newFakeProxier(t)
-	nft := &flakyNFT{Interface: fake}
+	nft := &flakyNFT{Tables: fake}
 	p.nft = nft
 	ctx := context.Background()
 	p.UpdateService(service("dns", "10.96.0.53", corev1.ServicePort{Port: 53, Protocol: corev1.ProtocolUDP}))
@@ -130,7 +131,7 @@ func TestConcurrentZoneChanges(t *testing.T) {
 // (the oldest not yet programmed), not one per update.
 func TestTriggerTimesBoundedWhileSyncsFail(t *testing.T) {
 	p, fake, _ := newFakeProxier(t)
-	nft := &flakyNFT{Interface: fake, fail: true}
+	nft := &flakyNFT{Tables: fake, fail: true}
 	p.nft = nft
 	p.UpdateService(service("web", "10.96.0.10", corev1.ServicePort{Port: 80}))
 	first := time.Now().Add(-time.Minute)

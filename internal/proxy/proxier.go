@@ -24,24 +24,15 @@
 // where hairpin traffic (a DNATed packet from an endpoint to itself, matched
 // in one set of endpoint pairs) is marked too.
 //
-// The library is sigs.k8s.io/knftables (as kube-proxy's): it renders a
-// transaction as nft syntax and runs `nft -f -`, and gives tests a Fake with
-// the same API. Package nft adapts it: element additions merged into one
-// command per set, names listed over netlink, and a partial sync that
-// changes only map elements (an endpoint change: a Service is map
-// elements) sent to the kernel over netlink in one batch, without starting
-// nft, which re-reads the table before it applies anything (txn.go). Full
-// syncs and structural partial syncs (a new endpoint count, session
-// affinity) still go through nft.
-//
-// knftables against google/nftables for whole syncs, measured with
-// bench/nftlib (the same ruleset through both libraries, checked to list
-// identically; nft 1.0.6, `go run ./bench/nftlib -services 1000,10000
-// -shape inline`, when a Service was a chain): a full load of 10,000
-// Services takes 1.25 s with knftables and 1.19 s with google/nftables,
-// which allocates 275 MB of Go heap per load against 26 MB and needs its
-// netlink socket buffers raised to get past ~100 Services. So full syncs
-// stay with nft; element changes, small by nature, go over netlink.
+// The ruleset is written as knftables objects (kube-proxy's library) with
+// rules in nft syntax, into an nft.Tx; package nft commits each sync as
+// one netlink batch, compiling the rules to kernel expressions as nft
+// would (checked against nft in its tests), so flatnetd needs no nft
+// binary. Before, syncs ran `nft -f -`: nft parsed and evaluated a
+// 10,000-Service full sync for 0.33 s of CPU before the kernel saw it,
+// and re-read the table before every partial sync (bench/proxy: full sync
+// 1.25-1.45 s, one change p50 3-4 ms once element-only changes went over
+// netlink, 16-50 ms before that).
 
 // Every sync is one nftables transaction, so the kernel goes from one
 // consistent ruleset to the next, and a failed one leaves the table as the
@@ -89,8 +80,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/knftables"
 
+	"github.com/flatnet-io/flatnet/internal/nft"
 	"github.com/flatnet-io/flatnet/internal/runner"
 )
 
@@ -115,7 +106,7 @@ type EventRecorder interface {
 // Proxier holds the latest Services and EndpointSlices and programs them.
 type Proxier struct {
 	cfg     Config
-	nft     knftables.Interface
+	nft     nft.Tables
 	log     *slog.Logger
 	metrics *Metrics
 	ct      Conntrack
@@ -158,9 +149,9 @@ const (
 	CheckInterval   = time.Second
 )
 
-// New makes a Proxier over nft (a real knftables interface or a Fake).
-func New(cfg Config, nft knftables.Interface, ct Conntrack, log *slog.Logger) *Proxier {
-	p := &Proxier{cfg: cfg, nft: nft, ct: ct, log: log, metrics: NewMetrics(cfg.Family),
+// New makes a Proxier over tables (the kernel's, nft.New, or nft.NewFake).
+func New(cfg Config, tables nft.Tables, ct Conntrack, log *slog.Logger) *Proxier {
+	p := &Proxier{cfg: cfg, nft: tables, ct: ct, log: log, metrics: NewMetrics(cfg.Family),
 		services: map[types.NamespacedName]*corev1.Service{}, slices: map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice{},
 		triggers: map[types.NamespacedName]time.Time{}, dirty: map[types.NamespacedName]bool{}, zone: cfg.NodeZone,
 		state: map[types.NamespacedName]*serviceState{}, owners: newOwnership(), health: newHealthServer(log, cfg.Family)}

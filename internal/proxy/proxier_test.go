@@ -12,7 +12,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/nft"
 )
 
 // recordingConntrack remembers which flows the proxy asked to delete.
@@ -44,8 +45,8 @@ func ready(ip, node string) discoveryv1.Endpoint {
 		Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}}
 }
 
-func newFakeProxier(t *testing.T) (*Proxier, *knftables.Fake, *recordingConntrack) {
-	fake := knftables.NewFake(knftables.IPv4Family, Table)
+func newFakeProxier(t *testing.T) (*Proxier, *nft.Fake, *recordingConntrack) {
+	fake := nft.NewFake(nft.IPv4, Table)
 	ct := &recordingConntrack{}
 	p := New(Config{NodeName: "node-1", ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}, fake, ct, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	t.Cleanup(p.Close)

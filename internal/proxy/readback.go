@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/knftables"
 
 	"github.com/flatnet-io/flatnet/internal/nft"
 )
@@ -24,9 +25,13 @@ func (p *Proxier) tableFrontends(ctx context.Context) ([]frontend, error) {
 	if raw, ok := p.nft.(rawKeyLister); ok {
 		return p.rawFrontends(raw)
 	}
+	lister, ok := p.nft.(elementLister) // the Fake
+	if !ok {
+		return nil, nil
+	}
 	var out []frontend
 	for _, m := range []string{serviceIPsMap, serviceNodePortsMap} {
-		elems, err := p.nft.ListElements(ctx, "map", m)
+		elems, err := lister.ListElements(ctx, "map", m)
 		if nft.IsNotFound(err) {
 			continue
 		}
@@ -40,6 +45,10 @@ func (p *Proxier) tableFrontends(ctx context.Context) ([]frontend, error) {
 		}
 	}
 	return out, nil
+}
+
+type elementLister interface {
+	ListElements(ctx context.Context, objectType, name string) ([]*knftables.Element, error)
 }
 
 // rawKeyLister lists a map's keys in the kernel's own layout (nft.New

@@ -5,6 +5,8 @@ import (
 	"slices"
 
 	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/nft"
 )
 
 // refs counts, over the programmed Service ports, the users of what ports
@@ -111,7 +113,7 @@ func setCount[K comparable](m map[K]int, k K, n int) {
 // shared ones in shared), so that a partial sync leaves the table a full
 // sync would write. Shared objects go in tiers, each before what it points
 // to; their users' map elements are deleted earlier in the transaction.
-func (c *refs) deleteUnused(tx *txn, shared map[string]sharedObject) {
+func (c *refs) deleteUnused(tx *nft.Tx, shared map[string]sharedObject) {
 	for ip, n := range c.vips {
 		if n <= 0 {
 			tx.Delete(&knftables.Element{Set: clusterIPsSet, Key: []string{ip.String()}})

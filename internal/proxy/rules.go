@@ -2,8 +2,11 @@ package proxy
 
 import (
 	"net/netip"
+	"strings"
 
 	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/nft"
 )
 
 // Table is the nftables table the proxy owns.
@@ -30,7 +33,7 @@ const (
 // builder collects one sync's transaction and remembers which chains and
 // sets it made, so the caller can delete the ones that are no longer needed.
 type builder struct {
-	tx      *txn
+	tx      *nft.Tx
 	cfg     *Config
 	chains  map[string]bool
 	sets    map[string]bool
@@ -68,7 +71,7 @@ type mapElement struct {
 
 // newBuilder starts a transaction on a table that has the shared objects in
 // shared (nil for none).
-func newBuilder(tx *txn, cfg *Config, shared map[string]sharedObject) *builder {
+func newBuilder(tx *nft.Tx, cfg *Config, shared map[string]sharedObject) *builder {
 	b := &builder{tx: tx, cfg: cfg, chains: map[string]bool{}, sets: map[string]bool{}, hairpin: map[netip.Addr]bool{},
 		shared: map[string]sharedObject{}, fixedRules: map[string]int{}}
 	for name, o := range shared {
@@ -188,4 +191,26 @@ func (b *builder) baseRules() {
 		b.fixedRule(rejectChain, "meta l4proto tcp reject with tcp reset")
 	}
 	b.fixedRule(rejectChain, "reject")
+}
+
+// setType is the nft type of the proxy's set or map name, known from the
+// name alone: the fixed ones, and the endpoint maps of balance.go; "" for
+// the affinity sets, whose elements only packets add.
+func setType(fam Family, name string) string {
+	addr := fam.AddrType()
+	switch {
+	case name == serviceIPsMap || name == noEndpointsMap:
+		return addr + " . inet_proto . inet_service : verdict"
+	case name == serviceNodePortsMap || name == noEndpointNodePorts:
+		return "inet_proto . inet_service : verdict"
+	case name == clusterIPsSet:
+		return addr
+	case name == hairpinSet:
+		return addr + " . " + addr
+	case strings.HasPrefix(name, nodePortEndpointsMap+"-"):
+		return "inet_proto . inet_service : " + addr + " . inet_service"
+	case strings.HasPrefix(name, endpointsMap+"-"):
+		return addr + " . inet_proto . inet_service : " + addr + " . inet_service"
+	}
+	return ""
 }

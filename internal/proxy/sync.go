@@ -68,7 +68,7 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 		return err
 	}
 	existingChains, existingSets, existingMaps := existing["chains"], existing["sets"], existing["maps"]
-	tx := newTxn(p.nft)
+	tx := p.nft.NewTx()
 	b := newBuilder(tx, p.config(snap), nil)
 	b.base()
 	// Empty every chain that exists and the fixed maps; affinity sets keep
@@ -111,7 +111,7 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 		}
 	}
 	b.addElements()
-	if err := p.nft.Run(ctx, tx.Transaction); err != nil {
+	if err := p.nft.Run(ctx, tx); err != nil {
 		return fmt.Errorf("nftables transaction (%d rules, %d elements): %w", b.rules, b.elems, err)
 	}
 	p.baseRules = b.fixedRules
@@ -170,7 +170,7 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 		p.health.update(snap.state)
 		return nil
 	}
-	tx := newTxn(p.nft)
+	tx := p.nft.NewTx()
 	b := newBuilder(tx, p.config(snap), p.shared)
 	stale := map[ServicePortName]*portObjects{}
 	for _, sp := range changed {
@@ -191,8 +191,12 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 	counts := p.refs.change(stale, updates)
 	counts.deleteUnused(tx, b.shared)
 	b.addElements()
-	kind, err := tx.run(ctx, p.nft, p.cfg.Family)
+	kind := "partial"
+	if tx.ElementsOnly() {
+		kind = "elements" // an endpoint change: a Service is map elements
+	}
 	p.metrics.observeKind(kind)
+	err := p.nft.Run(ctx, tx)
 	if err != nil {
 		return fmt.Errorf("nftables transaction (partial, %d Service ports): %w", len(changed)+len(removed), err)
 	}
@@ -204,7 +208,7 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 
 // clearStale empties the chains of the stale ports and deletes their map
 // elements, each once (the kernel refuses to delete an element twice).
-func clearStale(tx *txn, stale map[ServicePortName]*portObjects) {
+func clearStale(tx *nft.Tx, stale map[ServicePortName]*portObjects) {
 	deleted := map[string]bool{}
 	for _, old := range stale {
 		for _, c := range old.chains {
@@ -221,7 +225,7 @@ func clearStale(tx *txn, stale map[ServicePortName]*portObjects) {
 
 // deleteReplaced deletes the chains and sets of stale ports that their
 // new version (if any) no longer has.
-func deleteReplaced(tx *txn, stale, programmed map[ServicePortName]*portObjects) {
+func deleteReplaced(tx *nft.Tx, stale, programmed map[ServicePortName]*portObjects) {
 	for name, old := range stale {
 		now := programmed[name]
 		for _, c := range old.chains {

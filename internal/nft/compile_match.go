@@ -1,0 +1,170 @@
+package nft
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables/expr"
+)
+
+// selector is a packet field a rule matches on.
+type selector struct {
+	typ     string // its nft type, for the values it is compared with
+	length  uint32 // bytes
+	payload *expr.Payload
+	meta    expr.MetaKey
+}
+
+func (s selector) load(reg uint32) expr.Any {
+	if s.payload != nil {
+		p := *s.payload
+		p.DestRegister = reg
+		return &p
+	}
+	return &expr.Meta{Key: s.meta, Register: reg}
+}
+
+// selector reads "ip saddr", "ip6 daddr", "meta l4proto", "th dport" ...
+func (c *compiler) selector() (selector, error) {
+	a, b := c.next(), c.next()
+	switch a + " " + b {
+	case "meta l4proto":
+		return selector{typ: "inet_proto", length: 1, meta: expr.MetaKeyL4PROTO}, nil
+	case "th dport", "th sport":
+		off := uint32(2)
+		if b == "sport" {
+			off = 0
+		}
+		return selector{typ: "inet_service", length: 2, payload: &expr.Payload{Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2}}, nil
+	case "ip saddr", "ip daddr", "ip6 saddr", "ip6 daddr":
+		if a != c.fam.IP() {
+			return selector{}, fmt.Errorf("%s %s in a table of family %s", a, b, c.fam.IP())
+		}
+		n := c.fam.addrLen()
+		off := uint32(12) // IPv4 source
+		if c.fam == IPv6 {
+			off = 8
+		}
+		if b == "daddr" {
+			off += n
+		}
+		return selector{typ: c.fam.AddrType(), length: n, payload: &expr.Payload{Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}}, nil
+	}
+	return selector{}, fmt.Errorf("unsupported field %q", a+" "+b)
+}
+
+// selectors reads one selector or a concatenation "A . B . C".
+func (c *compiler) selectors() ([]selector, error) {
+	var out []selector
+	for {
+		s, err := c.selector()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+		if c.peek(0) != "." {
+			return out, nil
+		}
+		c.next()
+	}
+}
+
+// load puts the fields in registers as nft does: the first in register 1,
+// each next one in the 32-bit register after the previous field.
+func (c *compiler) load(sels []selector) {
+	var words uint32
+	for _, s := range sels {
+		c.emit(s.load(register(words)))
+		words += (s.length + 3) / 4
+	}
+}
+
+// register is the register nft names for the data at 32-bit word w of
+// the register file: a 16-byte register (1-4) where one starts, a 32-bit
+// one (NFT_REG32_00 is 8) otherwise.
+func register(w uint32) uint32 {
+	if w%4 == 0 {
+		return w/4 + 1
+	}
+	return 8 + w
+}
+
+// match: fields, then "@set", "vmap @map", or (one field) a value, a
+// prefix, or "!=" one of those.
+func (c *compiler) match() error {
+	sels, err := c.selectors()
+	if err != nil {
+		return err
+	}
+	switch t := c.peek(0); {
+	case t == "vmap":
+		c.next()
+		m, err := c.setRef()
+		if err != nil {
+			return err
+		}
+		c.load(sels)
+		c.emit(&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: m})
+		return nil
+	case t == "@" || len(t) > 1 && t[0] == '@':
+		set, _ := c.setRef()
+		c.load(sels)
+		c.emit(&expr.Lookup{SourceRegister: 1, SetName: set})
+		return nil
+	case len(sels) > 1:
+		return fmt.Errorf("a concatenation compared with %q", t)
+	}
+	op := expr.CmpOpEq
+	if c.peek(0) == "!=" {
+		c.next()
+		op = expr.CmpOpNeq
+	}
+	return c.compare(sels[0], op, c.next())
+}
+
+// compare matches field s against value v: an address, a prefix (nft
+// loads only the bytes a byte-aligned prefix covers, and masks otherwise),
+// a protocol or a port.
+func (c *compiler) compare(s selector, op expr.CmpOp, v string) error {
+	switch s.typ {
+	case "ipv4_addr", "ipv6_addr":
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			a, aerr := netip.ParseAddr(v)
+			if aerr != nil {
+				return fmt.Errorf("address %q", v)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if !c.fam.Has(p.Addr()) {
+			return fmt.Errorf("prefix %q in a table of family %s", v, c.fam.IP())
+		}
+		addr := p.Masked().Addr().Unmap().AsSlice()
+		if p.Bits()%8 == 0 && p.Bits() > 0 {
+			n := uint32(p.Bits() / 8)
+			pl := *s.payload
+			pl.Len, pl.DestRegister = n, 1
+			c.emit(&pl, &expr.Cmp{Op: op, Register: 1, Data: addr[:n]})
+			return nil
+		}
+		mask := netip.PrefixFrom(p.Addr().Unmap(), p.Bits())
+		c.emit(s.load(1), &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: s.length, Mask: prefixMask(mask), Xor: make([]byte, s.length)},
+			&expr.Cmp{Op: op, Register: 1, Data: addr})
+		return nil
+	default:
+		b, err := encodeField(s.typ, v)
+		if err != nil {
+			return err
+		}
+		c.emit(s.load(1), &expr.Cmp{Op: op, Register: 1, Data: b})
+		return nil
+	}
+}
+
+func prefixMask(p netip.Prefix) []byte {
+	out := make([]byte, p.Addr().BitLen()/8)
+	for i := range p.Bits() {
+		out[i/8] |= 0x80 >> (i % 8)
+	}
+	return out
+}
