@@ -53,4 +53,3 @@ func IsAlreadyExists(err error) bool {
 	}
 	return knftables.IsAlreadyExists(err)
 }
-
