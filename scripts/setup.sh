@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what flatnet's build, lab and tests need on a fresh Debian machine:
-# Debian packages (nftables: flatnetd's egress rules and the reference portmap
-# plugin's nftables backend; iproute2 and curl to look around inside the lab)
+# Debian packages (nftables: the oracle of internal/nft's tests, the tests'
+# look into the kernel, and the reference portmap plugin's nftables backend —
+# flatnetd itself talks netlink; iproute2 and curl to look around inside the
+# lab)
 # and the Go modules of both modules. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."

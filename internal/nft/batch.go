@@ -38,8 +38,9 @@ type message struct {
 // attribute, whose length is 16 bits.
 const maxElemBytes = 60000
 
-func newBatch(fam Family, table string, seq uint32, types func(string) (string, error)) *batch {
+func newBatch(fam Family, table string, seq uint32, ops int, types func(string) (string, error)) *batch {
 	b := &batch{fam: fam, table: table, seq: seq, types: types, added: map[string]string{}}
+	b.a.b = make([]byte, 0, 4096+48*ops) // an element takes 40-60 bytes
 	b.control(unix.NFNL_MSG_BATCH_BEGIN)
 	return b
 }

@@ -44,7 +44,7 @@ func (k *kernel) NewTx() *Tx { return &Tx{} }
 func (k *kernel) Run(_ context.Context, tx *Tx) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	b := newBatch(k.fam, k.table, k.seq, k.setType)
+	b := newBatch(k.fam, k.table, k.seq, len(tx.ops), k.setType)
 	for i := 0; i < len(tx.ops); {
 		next, err := b.add(tx.ops, i)
 		if err != nil {
