@@ -191,11 +191,7 @@ func (p *Proxier) partialSync(ctx context.Context, snap snapshot) error {
 	counts := p.refs.change(stale, updates)
 	counts.deleteUnused(tx, b.shared)
 	b.addElements()
-	kind := "partial"
-	if tx.ElementsOnly() {
-		kind = "elements" // an endpoint change: a Service is map elements
-	}
-	p.metrics.observeKind(kind)
+	p.metrics.observeKind(partialKind(tx))
 	err := p.nft.Run(ctx, tx)
 	if err != nil {
 		return fmt.Errorf("nftables transaction (partial, %d Service ports): %w", len(changed)+len(removed), err)
@@ -302,4 +298,14 @@ func (p *Proxier) setSizeMetrics() {
 	p.metrics.rules.Set(float64(rules))
 	p.metrics.elements.Set(float64(elems))
 	p.metrics.chains.Set(float64(chains))
+}
+
+// partialKind names a partial sync for the metric: "elements" when it
+// changes only map elements (an endpoint change: a Service is map
+// elements), "partial" otherwise.
+func partialKind(tx *nft.Tx) string {
+	if tx.ElementsOnly() {
+		return "elements"
+	}
+	return "partial"
 }
