@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -163,5 +164,28 @@ func TestMissingTableRewritten(t *testing.T) {
 	}
 	if got := fake.Dump(); got != want {
 		t.Errorf("after the table was deleted and a sync:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// The engine on its runner: a poke leads to a sync, and Run returns when
+// its context ends (run with -race).
+func TestEngineRuns(t *testing.T) {
+	fake := nft.NewFake(nft.IPv4, policy.Table)
+	e := policy.NewEngine(nft.IPv4, "n1", fake, staticSource{&policy.Cluster{Policies: denyAll, Pods: pods(), Namespaces: namespaces()}}, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.Run(ctx); close(done) }()
+	e.Poke()
+	deadline := time.Now().Add(5 * time.Second)
+	for e.Status().LastSuccess.IsZero() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if e.Status().LastSuccess.IsZero() {
+		t.Fatalf("no successful sync: %+v", e.Status())
+	}
+	if s := fake.Table.Sets["ingress-isolated"]; s == nil || len(s.Elements) == 0 {
+		t.Error("the runner's sync wrote no isolated pods")
 	}
 }
