@@ -37,7 +37,12 @@
 // The isolated sets hold this node's pod addresses; the others are
 // interval sets of concatenations (the kernel's pipapo), pod . peer range
 // [. port range], one element per range of peers and range of ports,
-// made disjoint here (the kernel refuses overlapping intervals). Only
+// made disjoint here (the kernel refuses overlapping intervals). A packet
+// costs at most two lookups in hash sets and four in interval sets per
+// direction, whatever the number of policies; the memory is one element
+// per isolated pod of this node, range of peers and range of ports (pod
+// addresses next to each other merge into one range), so a rule picking
+// many scattered peers for many local pods is what grows. Only
 // forwarded packets are judged: pods reach each other through the node
 // (routed between nodes; bridged on one node, which the agent sends
 // through the IP hooks with bridge-nf-call-iptables), so traffic the node

@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"sigs.k8s.io/knftables"
 
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/nft"
@@ -51,6 +52,8 @@ func addrOf(role string, fam nft.Family) netip.Addr {
 		return pick("10.244.1.1", "fd00:244:1::1")
 	case "out":
 		return pick("192.168.88.2", "fd00:88::2")
+	case "svc":
+		return pick("10.96.0.10", "fd00:96::10")
 	}
 	for _, p := range kernelPods {
 		if p.role == role {
@@ -63,8 +66,9 @@ func addrOf(role string, fam nft.Family) netip.Addr {
 // Real packets through the tables an engine writes in a node namespace:
 // three pods on the bridge, the node itself and an outside host; TCP 80,
 // TCP 81 and UDP 80 between every two of them (one a pod) over IPv4 and
-// IPv6, against the evaluator, under a few policies and after they, and
-// a pod's labels, change (a partial sync).
+// IPv6, and to a Service address DNATed to pod x/a's port 80 (judged by
+// the pod it reaches), against the evaluator, under a few policies and
+// after they, and a pod's labels, change (a partial sync).
 func TestPoliciesInTheKernel(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, veth, a bridge, nftables)")
@@ -82,6 +86,7 @@ func TestPoliciesInTheKernel(t *testing.T) {
 	for _, p := range kernelPods {
 		k.addPod(p.role, p.n)
 	}
+	k.service()
 	src := &mutableSource{}
 	var engines []*policy.Engine
 	for _, fam := range []nft.Family{nft.IPv4, nft.IPv6} {
@@ -99,6 +104,36 @@ func TestPoliciesInTheKernel(t *testing.T) {
 			}
 		}
 		k.compare(t, ph.name, src.c)
+	}
+}
+
+// service DNATs TCP and UDP to the Service address (10.96.0.10,
+// fd00:96::10) to port 80 of pod x/a in the node's prerouting, as the
+// service proxy would.
+func (k *kernelNode) service() {
+	k.t.Helper()
+	err := netns.Do(k.ns["node"], func() error {
+		for _, fam := range []nft.Family{nft.IPv4, nft.IPv6} {
+			tables, err := nft.New(fam, "fn-test-service")
+			if err != nil {
+				return err
+			}
+			tx := tables.NewTx()
+			tx.Add(&knftables.Table{})
+			tx.Add(&knftables.Chain{Name: "pre", Type: knftables.PtrTo(knftables.NATType),
+				Hook: knftables.PtrTo(knftables.PreroutingHook), Priority: knftables.PtrTo(knftables.DNATPriority)})
+			backend := netip.AddrPortFrom(addrOf("xa", fam), 80).String()
+			for _, proto := range []string{"tcp", "udp"} {
+				tx.Add(&knftables.Rule{Chain: "pre", Rule: fam.IP() + " daddr " + addrOf("svc", fam).String() + " meta l4proto " + proto + " dnat to " + backend})
+			}
+			if err := tables.Run(context.Background(), tx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		k.t.Fatal(err)
 	}
 }
 
@@ -140,19 +175,24 @@ func (k *kernelNode) compare(t *testing.T, phase string, c *policy.Cluster) {
 	t.Helper()
 	eval := &evaluator{pods: c.Pods, namespaces: c.Namespaces, policies: c.Policies,
 		nodeAddrs: map[string][]netip.Addr{"node": addrs("10.244.1.1", "fd00:244:1::1", "192.168.88.1", "fd00:88::1")}}
-	roles := []string{"node", "out", "xa", "xb", "ya"}
+	roles := []string{"node", "out", "xa", "xb", "ya", "svc"}
 	var probes []*kernelProbe
 	for _, s := range roles {
 		for _, d := range roles {
-			if s == d || (s == "node" || s == "out") && (d == "node" || d == "out") {
+			if s == d || s == "svc" || (s == "node" || s == "out") && (d == "node" || d == "out") {
 				continue
+			}
+			if d == "svc" && (s == "node" || s == "xa") {
+				continue // the node has no route to it; x/a would need hairpin masquerade
 			}
 			for _, fam := range []nft.Family{nft.IPv4, nft.IPv6} {
 				for _, pp := range []struct {
 					proto string
 					port  int
 				}{{"tcp", 80}, {"tcp", 81}, {"udp", 80}} {
-					probes = append(probes, &kernelProbe{src: s, dst: d, fam: fam, proto: pp.proto, port: pp.port})
+					if d != "svc" || pp.port == 80 {
+						probes = append(probes, &kernelProbe{src: s, dst: d, fam: fam, proto: pp.proto, port: pp.port})
+					}
 				}
 			}
 		}
@@ -176,7 +216,11 @@ func (k *kernelNode) compare(t *testing.T, phase string, c *policy.Cluster) {
 	var diffs []string
 	allowed := 0
 	for _, p := range probes {
-		want := eval.allowed(packet{addrOf(p.src, p.fam), addrOf(p.dst, p.fam), corev1.Protocol(strings.ToUpper(p.proto)), p.port})
+		dst := p.dst
+		if dst == "svc" {
+			dst = "xa" // judged after DNAT
+		}
+		want := eval.allowed(packet{addrOf(p.src, p.fam), addrOf(dst, p.fam), corev1.Protocol(strings.ToUpper(p.proto)), p.port})
 		if p.got {
 			allowed++
 		}
