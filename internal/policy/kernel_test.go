@@ -70,6 +70,9 @@ func addrOf(role string, fam nft.Family) netip.Addr {
 // the pod it reaches), against the evaluator, under a few policies and
 // after they, and a pod's labels, change (a partial sync).
 func TestPoliciesInTheKernel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: its denied probes wait for timeouts (15 s)")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, veth, a bridge, nftables)")
 	}
