@@ -20,8 +20,8 @@ type batch struct {
 	seq   uint32
 	msgs  []message
 	ids   uint32
-	types func(set string) (string, error) // a set's type, for its elements
-	added map[string]string                // sets this batch adds, and their types
+	types func(set string) (setDecl, error) // a set's declaration, for its elements
+	added map[string]setDecl                // sets this batch adds, and their declarations
 }
 
 // message is one message of the batch and what it came from: an
@@ -38,8 +38,8 @@ type message struct {
 // attribute, whose length is 16 bits.
 const maxElemBytes = 60000
 
-func newBatch(fam Family, table string, seq uint32, ops int, types func(string) (string, error)) *batch {
-	b := &batch{fam: fam, table: table, seq: seq, types: types, added: map[string]string{}}
+func newBatch(fam Family, table string, seq uint32, ops int, types func(string) (setDecl, error)) *batch {
+	b := &batch{fam: fam, table: table, seq: seq, types: types, added: map[string]setDecl{}}
 	b.a.b = make([]byte, 0, 4096+48*ops) // an element takes 40-60 bytes
 	b.control(unix.NFNL_MSG_BATCH_BEGIN)
 	return b
@@ -105,10 +105,10 @@ func (b *batch) add(ops []Op, i int) (int, error) {
 		err = b.ruleOp(op.Verb, o, i)
 	case *knftables.Set:
 		err = b.setOp(op.Verb, o.Name, i, func() error { return b.a.set(o.Name, b.nextID(), o.Type, o.Flags, o.Timeout, o.Size, o.Comment) })
-		b.learn(op.Verb, o.Name, o.Type)
+		b.learn(op.Verb, o.Name, declOf(o.Type, o.Flags))
 	case *knftables.Map:
 		err = b.setOp(op.Verb, o.Name, i, func() error { return b.a.set(o.Name, b.nextID(), o.Type, o.Flags, o.Timeout, o.Size, o.Comment) })
-		b.learn(op.Verb, o.Name, o.Type)
+		b.learn(op.Verb, o.Name, declOf(o.Type, o.Flags))
 	case *knftables.Element:
 		return b.elements(ops, i)
 	default:
@@ -117,9 +117,9 @@ func (b *batch) add(ops []Op, i int) (int, error) {
 	return i + 1, err
 }
 
-func (b *batch) learn(v Verb, name, typ string) {
+func (b *batch) learn(v Verb, name string, d setDecl) {
 	if v == Add {
-		b.added[name] = typ
+		b.added[name] = d
 	}
 }
 
@@ -225,7 +225,7 @@ func (b *batch) anonSet(s anonSet, i int) error {
 	b.a.u32(unix.NFTA_SET_ELEM_LIST_SET_ID, s.id)
 	l := b.a.nest(unix.NFTA_SET_ELEM_LIST_ELEMENTS)
 	for _, e := range s.elements {
-		if err := b.a.element(s.keyType, e); err != nil {
+		if err := b.a.element(setDecl{typ: s.keyType}, e); err != nil {
 			return err
 		}
 	}
@@ -261,10 +261,10 @@ func (b *batch) setOp(v Verb, name string, i int, encode func() error) error {
 func (b *batch) elements(ops []Op, i int) (int, error) {
 	first := ops[i].Obj.(*knftables.Element)
 	set := first.Set + first.Map
-	typ, ok := b.added[set]
+	decl, ok := b.added[set]
 	if !ok {
 		var err error
-		if typ, err = b.types(set); err != nil {
+		if decl, err = b.types(set); err != nil {
 			return i + 1, err
 		}
 	}
@@ -292,7 +292,7 @@ func (b *batch) elements(ops []Op, i int) (int, error) {
 			if e.Comment != nil {
 				op.Comment = *e.Comment
 			}
-			if err := b.a.element(typ, op); err != nil {
+			if err := b.a.element(decl, op); err != nil {
 				return i + 1, fmt.Errorf("element %s of %s: %w", strings.Join(e.Key, " . "), set, err)
 			}
 		}

@@ -97,6 +97,8 @@ func (c *compiler) statement() error {
 		return c.match()
 	case "ip", "ip6", "th":
 		return c.match()
+	case "icmpv6":
+		return c.icmpv6()
 	case "update":
 		return c.update()
 	case "counter":
@@ -162,6 +164,26 @@ func (c *compiler) ct() error {
 	c.emit(&expr.Ct{Register: 1, Key: key},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(mask), Xor: native32(0)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(0)})
+	return nil
+}
+
+var icmpv6Types = map[string]byte{"echo-request": 128, "echo-reply": 129, "nd-router-solicit": 133,
+	"nd-router-advert": 134, "nd-neighbor-solicit": 135, "nd-neighbor-advert": 136}
+
+// icmpv6: "icmpv6 type nd-neighbor-solicit", with the protocol check nft
+// puts before it.
+func (c *compiler) icmpv6() error {
+	if err := c.expect("icmpv6", "type"); err != nil {
+		return err
+	}
+	t, ok := icmpv6Types[c.next()]
+	if !ok {
+		return fmt.Errorf("icmpv6 type %q", c.toks[c.i-1])
+	}
+	c.emit(&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMPV6}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{t}})
 	return nil
 }
 

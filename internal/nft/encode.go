@@ -161,6 +161,8 @@ func (a *attrs) set(name string, id uint32, typ string, flags []knftables.SetFla
 			f |= unix.NFT_SET_TIMEOUT
 		case knftables.ConstantFlag:
 			f |= unix.NFT_SET_CONSTANT
+		case knftables.IntervalFlag:
+			f |= unix.NFT_SET_INTERVAL
 		default:
 			return fmt.Errorf("set %s: flag %s is not supported", name, fl)
 		}
@@ -170,6 +172,10 @@ func (a *attrs) set(name string, id uint32, typ string, flags []knftables.SetFla
 	}
 	if len(key.fields) > 1 {
 		f |= nftSetConcat // the kernel wants it with the fields' lengths
+	} else if f&unix.NFT_SET_INTERVAL != 0 {
+		// nft sends the ranges of these as pairs of elements, the second
+		// flagged as an interval's end: not written here
+		return fmt.Errorf("set %s: intervals of one field are not supported, only concatenations", name)
 	}
 	a.str(unix.NFTA_SET_NAME, name)
 	a.u32(unix.NFTA_SET_FLAGS, f)
@@ -223,17 +229,13 @@ func (a *attrs) setDesc(key setType, flags uint32, size *uint64) {
 	a.end(d)
 }
 
-// element encodes one element of a set of type typ.
-func (a *attrs) element(typ string, op ElementOp) error {
-	keyType, dataType, isMap := strings.Cut(typ, " : ")
+// element encodes one element of a set declared as d.
+func (a *attrs) element(d setDecl, op ElementOp) error {
+	keyType, dataType, isMap := strings.Cut(d.typ, " : ")
 	e := a.nest(unix.NFTA_LIST_ELEM)
-	key, err := encodeFields(strings.Split(keyType, " . "), op.Key)
-	if err != nil {
+	if err := a.elementKey(d, strings.Split(keyType, " . "), op.Key); err != nil {
 		return err
 	}
-	k := a.nest(unix.NFTA_SET_ELEM_KEY)
-	a.raw(unix.NFTA_DATA_VALUE, key)
-	a.end(k)
 	if isMap && !op.Delete {
 		if err := a.elementData(dataType, op.Value); err != nil {
 			return err
@@ -247,6 +249,32 @@ func (a *attrs) element(typ string, op ElementOp) error {
 		a.raw(unix.NFTA_SET_ELEM_USERDATA, ud)
 	}
 	a.end(e)
+	return nil
+}
+
+// elementKey writes the key, and for an interval set the end key: nft
+// sends both for every element, a single value as a range of one.
+func (a *attrs) elementKey(d setDecl, types, vals []string) error {
+	if !d.interval {
+		key, err := encodeFields(types, vals)
+		if err != nil {
+			return err
+		}
+		k := a.nest(unix.NFTA_SET_ELEM_KEY)
+		a.raw(unix.NFTA_DATA_VALUE, key)
+		a.end(k)
+		return nil
+	}
+	start, end, err := encodeRanges(types, vals)
+	if err != nil {
+		return err
+	}
+	k := a.nest(unix.NFTA_SET_ELEM_KEY)
+	a.raw(unix.NFTA_DATA_VALUE, start)
+	a.end(k)
+	k = a.nest(nftaSetElemKeyEnd)
+	a.raw(unix.NFTA_DATA_VALUE, end)
+	a.end(k)
 	return nil
 }
 
@@ -304,4 +332,5 @@ const (
 	nftaTableUserdata = 6  // NFTA_TABLE_USERDATA
 	nftaChainUserdata = 12 // NFTA_CHAIN_USERDATA
 	nftSetConcat      = 0x80
+	nftaSetElemKeyEnd = 10 // NFTA_SET_ELEM_KEY_END
 )

@@ -86,3 +86,39 @@ func refusals(t *testing.T) error {
 	}
 	return nil
 }
+
+// A Tables that did not declare an interval set (a restarted agent) learns
+// it from the kernel and sends its elements with their end keys.
+func TestIntervalSetLearnedFromTheKernel(t *testing.T) {
+	inNamespace(t, "i", func() error {
+		ctx := context.Background()
+		for _, fam := range []Family{IPv4, IPv6} {
+			first, err := New(fam, "fn-test")
+			if err != nil {
+				return err
+			}
+			v := func(s string) string {
+				if fam == IPv6 {
+					return ip6ify.Replace(s)
+				}
+				return s
+			}
+			tx := first.NewTx()
+			tx.Add(&knftables.Table{})
+			tx.Add(&knftables.Set{Name: "s", Type: v("ipv4_addr . ipv4_addr . inet_service"), Flags: []knftables.SetFlag{knftables.IntervalFlag}})
+			if err := first.Run(ctx, tx); err != nil {
+				return err
+			}
+			second, err := New(fam, "fn-test")
+			if err != nil {
+				return err
+			}
+			tx = second.NewTx()
+			tx.Add(&knftables.Element{Set: "s", Key: []string{v("10.244.1.2"), v("10.244.0.0/16"), "80-90"}})
+			if err := second.Run(ctx, tx); err != nil {
+				t.Errorf("%s: an interval element through a Tables that did not declare the set: %v", fam, err)
+			}
+		}
+		return nil
+	})
+}

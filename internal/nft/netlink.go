@@ -22,7 +22,7 @@ type kernel struct {
 	table string
 	conn  *gnftables.Conn // listings: a netlink socket per call
 	mu    sync.Mutex
-	types map[string]string // the types of the table's sets, as last seen
+	types map[string]setDecl // the declarations of the table's sets, as last seen
 	seq   uint32
 }
 
@@ -34,7 +34,7 @@ func New(fam Family, table string) (Tables, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &kernel{fam: fam, table: table, conn: conn, types: map[string]string{}, seq: uint32(time.Now().Unix())}, nil
+	return &kernel{fam: fam, table: table, conn: conn, types: map[string]setDecl{}, seq: uint32(time.Now().Unix())}, nil
 }
 
 // NewTx implements Tables.
@@ -55,51 +55,52 @@ func (k *kernel) Run(_ context.Context, tx *Tx) error {
 	buf := b.done()
 	k.seq = b.seq
 	if err := k.send(buf, b, tx.ops); err != nil {
-		k.types = map[string]string{} // what the kernel holds is in doubt
+		k.types = map[string]setDecl{} // what the kernel holds is in doubt
 		return err
 	}
 	for _, op := range tx.ops {
 		switch o := op.Obj.(type) {
 		case *knftables.Set:
-			k.forget(op.Verb, o.Name, o.Type)
+			k.forget(op.Verb, o.Name, declOf(o.Type, o.Flags))
 		case *knftables.Map:
-			k.forget(op.Verb, o.Name, o.Type)
+			k.forget(op.Verb, o.Name, declOf(o.Type, o.Flags))
 		case *knftables.Table:
 			if op.Verb == Delete {
-				k.types = map[string]string{}
+				k.types = map[string]setDecl{}
 			}
 		}
 	}
 	return nil
 }
 
-func (k *kernel) forget(v Verb, name, typ string) {
+func (k *kernel) forget(v Verb, name string, d setDecl) {
 	switch v {
 	case Add:
-		k.types[name] = typ
+		k.types[name] = d
 	case Delete:
 		delete(k.types, name)
 	}
 }
 
-// setType is the type of a set the kernel holds (asked once, then known).
-func (k *kernel) setType(name string) (string, error) {
-	if t, ok := k.types[name]; ok {
-		return t, nil
+// setType is the declaration of a set the kernel holds (asked once, then
+// known).
+func (k *kernel) setType(name string) (setDecl, error) {
+	if d, ok := k.types[name]; ok {
+		return d, nil
 	}
 	s, err := k.conn.GetSetByName(&gnftables.Table{Name: k.table, Family: gnftables.TableFamily(k.fam.proto())}, name)
 	if err != nil {
-		return "", fmt.Errorf("the type of set %s: %w", name, err)
+		return setDecl{}, fmt.Errorf("the type of set %s: %w", name, err)
 	}
-	t := s.KeyType.Name
+	d := setDecl{typ: s.KeyType.Name, interval: s.Interval}
 	if s.IsMap {
-		t += " : " + s.DataType.Name
+		d.typ += " : " + s.DataType.Name
 	}
-	if _, _, _, err := parseSetType(t); err != nil {
-		return "", fmt.Errorf("set %s: %w", name, err)
+	if _, _, _, err := parseSetType(d.typ); err != nil {
+		return setDecl{}, fmt.Errorf("set %s: %w", name, err)
 	}
-	k.types[name] = t
-	return t, nil
+	k.types[name] = d
+	return d, nil
 }
 
 // render writes op as nft would, for errors.

@@ -16,6 +16,11 @@
 //     and knftables' own errors alike (kernel_test.go provokes both:
 //     knftables' Fake accepts a second value for a map key and deleting a
 //     missing element, the kernel refuses both).
+//   - A set with flags interval must be a concatenation (the kernel's
+//     pipapo set): each field of an element's key a value, a prefix or a
+//     range ("10.0.0.2 . 10.1.0.0/16 . 80-90"), sent with its end key as
+//     nft sends it. The kernel refuses an element that overlaps another
+//     one partly (EEXIST), but not one deleted earlier in the transaction.
 //   - List, ListRules and MapKeys read over netlink (google/nftables).
 //   - Fake is the same interface over knftables' Fake, for unit tests.
 //

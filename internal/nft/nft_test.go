@@ -39,3 +39,25 @@ func TestPriorities(t *testing.T) {
 }
 
 func knftablesPriority(s string) knftables.BaseChainPriority { return knftables.BaseChainPriority(s) }
+
+// Interval sets are concatenations here (the kernel's pipapo set, whose
+// elements carry an end key); one field's intervals, which nft sends as
+// pairs of elements, are refused, and so is a prefix with host bits.
+func TestIntervals(t *testing.T) {
+	var a attrs
+	if err := a.set("s", 1, "ipv4_addr", []knftables.SetFlag{knftables.IntervalFlag}, nil, nil, nil); err == nil {
+		t.Error("an interval set of one field was encoded")
+	}
+	start, end, err := encodeRanges([]string{"ipv4_addr", "ipv4_addr", "inet_service"}, []string{"10.0.0.1", "10.1.0.0/16", "80-90"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantStart := []byte{10, 0, 0, 1, 10, 1, 0, 0, 0, 80, 0, 0}
+	wantEnd := []byte{10, 0, 0, 1, 10, 1, 255, 255, 0, 90, 0, 0}
+	if string(start) != string(wantStart) || string(end) != string(wantEnd) {
+		t.Errorf("range key %v - %v, want %v - %v", start, end, wantStart, wantEnd)
+	}
+	if _, _, err := encodeRanges([]string{"ipv4_addr", "ipv4_addr"}, []string{"10.0.0.1", "10.1.0.1/16"}); err == nil {
+		t.Error("a prefix with host bits was encoded")
+	}
+}

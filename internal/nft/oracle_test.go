@@ -71,9 +71,18 @@ var oracleRules = []struct{ chain, rule string }{
 	{"fw", "fib saddr type local jump marker"},
 	{"fw", "fib saddr type local goto svc"},
 	{"fw", "drop"},
+	{"isolation", "ip daddr @isolated jump ingress"},
+	{"ingress", "meta l4proto tcp ip daddr . ip saddr . th dport @allow-tcp return"},
+	{"ingress", "meta l4proto sctp ip daddr . ip saddr . th dport @allow-tcp return"},
+	{"ingress", "ip daddr . ip saddr @allow-any return"},
+	{"ingress", "icmpv6 type nd-neighbor-solicit accept"},
+	{"ingress", "icmpv6 type nd-neighbor-advert accept"},
+	{"ingress", "counter drop"},
 }
 
-var ip6ify = strings.NewReplacer("ip ", "ip6 ", "ipv4_addr", "ipv6_addr", "10.128.0.0/10", "fd00:128::/57",
+var ip6ify = strings.NewReplacer("10.244.0.0/16", "fd00:244::/48",
+	"10.9.0.1-10.9.0.7", "fd00:9::1-fd00:9::7", "0.0.0.0-255.255.255.255", "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+	"10.245.0.0/16", "fd00:245::/48", "ip ", "ip6 ", "ipv4_addr", "ipv6_addr", "10.128.0.0/10", "fd00:128::/57",
 	"127.0.0.0/8", "::1", "10.244.1.2:8080", "[fd00:244::2]:8080", "10.244.1.3:53", "[fd00:244::3]:53",
 	"192.168.0.0/16", "fd00:168::/48", "10.1.2.3", "fd00::1:2:3", "0.0.0.0/0", "::/0", "172.16.0.0/12", "fd00::/7",
 	"10.96.0.10", "fd00:96::10", "10.96.0.11", "fd00:96::11", "10.96.0.12", "fd00:96::12", "10.244.1.2", "fd00:244::2", "10.244.1.3", "fd00:244::3")
@@ -99,6 +108,10 @@ func oracleTx(tx *Tx, fam Family) {
 	tx.Add(&knftables.Set{Name: "hairpin", Type: v("ipv4_addr . ipv4_addr")})
 	tx.Add(&knftables.Set{Name: "nodes", Type: v("ipv4_addr")})
 	tx.Add(&knftables.Set{Name: "spare", Type: v("ipv4_addr . inet_service")})
+	interval := []knftables.SetFlag{knftables.IntervalFlag}
+	tx.Add(&knftables.Set{Name: "isolated", Type: v("ipv4_addr")})
+	tx.Add(&knftables.Set{Name: "allow-tcp", Type: v("ipv4_addr . ipv4_addr . inet_service"), Flags: interval, Comment: knftables.PtrTo("pod . peers . ports")})
+	tx.Add(&knftables.Set{Name: "allow-any", Type: v("ipv4_addr . ipv4_addr"), Flags: interval})
 	tx.Add(&knftables.Set{Name: "affinity", Type: v("ipv4_addr"), Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
 		Timeout: knftables.PtrTo(3 * time.Hour), Comment: knftables.PtrTo("clients of 10.244.1.2:8080 (10800s affinity)")})
 	hook := func(name string, typ knftables.BaseChainType, h knftables.BaseChainHook, prio knftables.BaseChainPriority) {
@@ -107,7 +120,8 @@ func oracleTx(tx *Tx, fam Family) {
 	hook("pre", knftables.NATType, knftables.PreroutingHook, knftables.DNATPriority)
 	hook("post", knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority)
 	hook("forward-hook", knftables.FilterType, knftables.ForwardHook, knftables.FilterPriority+"-10")
-	for _, c := range []string{"services", "marker", "checks", "rejecting", "slot-0", "nodeport-slot-0", "lb-2", "svc", "ep", "fw"} {
+	hook("isolation", knftables.FilterType, knftables.ForwardHook, knftables.FilterPriority)
+	for _, c := range []string{"services", "marker", "checks", "rejecting", "slot-0", "nodeport-slot-0", "lb-2", "svc", "ep", "fw", "ingress"} {
 		tx.Add(&knftables.Chain{Name: c})
 	}
 	tx.Add(&knftables.Chain{Name: "commented", Comment: knftables.PtrTo("a chain")})
@@ -125,6 +139,12 @@ func oracleTx(tx *Tx, fam Family) {
 		{Set: "cluster-ips", Key: []string{"10.96.0.10"}},
 		{Set: "cluster-ips", Key: []string{"10.96.0.11"}},
 		{Set: "hairpin", Key: []string{"10.244.1.2", "10.244.1.2"}},
+		{Set: "isolated", Key: []string{"10.244.1.2"}},
+		{Set: "allow-tcp", Key: []string{"10.244.1.2", "10.244.0.0/16", "80-90"}},
+		{Set: "allow-tcp", Key: []string{"10.244.1.2", "10.245.0.0/16", "0-65535"}},
+		{Set: "allow-tcp", Key: []string{"10.244.1.3", "10.9.0.1-10.9.0.7", "443"}},
+		{Set: "allow-any", Key: []string{"10.244.1.3", "0.0.0.0-255.255.255.255"}},
+		{Set: "allow-any", Key: []string{"10.244.1.2", "10.9.0.1-10.9.0.7"}},
 	} {
 		for i := range e.Key {
 			e.Key[i] = v(e.Key[i])
@@ -156,6 +176,10 @@ func oracleChange(tx *Tx, fam Family) {
 	tx.Flush(&knftables.Chain{Name: "lb-2"})
 	tx.Delete(&knftables.Element{Map: "nodeports", Key: []string{"tcp", "30080"}})
 	tx.Delete(&knftables.Chain{Name: "lb-2"})
+	// an interval out, and one overlapping it in, in one transaction
+	tx.Delete(&knftables.Element{Set: "allow-tcp", Key: []string{v("10.244.1.2"), v("10.244.0.0/16"), "80-90"}})
+	tx.Add(&knftables.Element{Set: "allow-tcp", Key: []string{v("10.244.1.2"), v("10.244.0.0/16"), "79-100"}})
+	tx.Add(&knftables.Element{Set: "allow-any", Key: []string{v("10.244.1.2"), v("10.244.1.3")}})
 }
 
 func bothWays(t *testing.T, fam Family) {

@@ -4,11 +4,13 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+	"sigs.k8s.io/knftables"
 )
 
 // ElementOp is one element of a set or map, as nft writes it: the key
@@ -38,6 +40,18 @@ var datatypes = map[string]datatype{
 	"inet_proto":   {12, 1, 2},
 	"inet_service": {13, 2, 2},
 	"mark":         {19, 4, 1},
+}
+
+// setDecl is what encoding a set's elements needs of its declaration: its
+// type, and whether it holds intervals (then each element carries its end
+// key too, as nft sends it for a concatenation of ranges).
+type setDecl struct {
+	typ      string
+	interval bool
+}
+
+func declOf(typ string, flags []knftables.SetFlag) setDecl {
+	return setDecl{typ: typ, interval: slices.Contains(flags, knftables.IntervalFlag)}
 }
 
 type setType struct {
@@ -121,6 +135,56 @@ func encodeFields(types, vals []string) ([]byte, error) {
 		out = append(out, b...)
 	}
 	return out, nil
+}
+
+// encodeRanges encodes the key of an element of an interval set: each
+// field a value, a prefix ("10.1.0.0/16") or a range ("10.2.0.1-10.2.0.7",
+// "80-90"), as the start key and the end key (inclusive).
+func encodeRanges(types, vals []string) (start, end []byte, err error) {
+	if len(types) != len(vals) {
+		return nil, nil, fmt.Errorf("%d fields for type %s", len(vals), strings.Join(types, " . "))
+	}
+	lo, hi := make([]string, len(vals)), make([]string, len(vals))
+	for i, v := range vals {
+		if lo[i], hi[i], err = fieldRange(types[i], v); err != nil {
+			return nil, nil, err
+		}
+	}
+	if start, err = encodeFields(types, lo); err != nil {
+		return nil, nil, err
+	}
+	if end, err = encodeFields(types, hi); err != nil {
+		return nil, nil, err
+	}
+	return start, end, nil
+}
+
+// fieldRange splits one field of an interval key into its first and last
+// value.
+func fieldRange(typ, v string) (lo, hi string, err error) {
+	if typ == "ipv4_addr" || typ == "ipv6_addr" {
+		if p, perr := netip.ParsePrefix(v); perr == nil {
+			if p.Masked() != p {
+				return "", "", fmt.Errorf("prefix %q has host bits", v)
+			}
+			return p.Addr().String(), lastAddr(p).String(), nil
+		}
+	}
+	a, b, ok := strings.Cut(v, "-")
+	if !ok {
+		return v, v, nil
+	}
+	return a, b, nil
+}
+
+// lastAddr is the last address of prefix p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
 
 var protocols = map[string]byte{"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}

@@ -1,0 +1,124 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/flatnet-io/flatnet/internal/nft"
+	"github.com/flatnet-io/flatnet/internal/runner"
+)
+
+// Engine keeps one family's policy table in sync with the cluster its
+// Source sees, on a runner of its own (the shape of every engine of
+// flatnetd): informer events poke it; each sync computes the whole Model
+// and writes the difference from what it last committed as one
+// transaction; the first sync, and the one after any failure, rewrites the
+// whole table in one transaction (so a restarted agent replaces the
+// previous one's table atomically, never opening a window); an idle
+// engine checks every CheckInterval that its table is still there.
+type Engine struct {
+	fam    nft.Family
+	node   string
+	tables nft.Tables
+	src    Source
+	log    *slog.Logger
+	runner *runner.Runner
+
+	mu        sync.Mutex
+	committed Elements // nil: the next sync rewrites the whole table
+	problems  []string // of the last model, logged when they change
+}
+
+// CheckInterval is how often an idle Engine resyncs and checks its table.
+const CheckInterval = time.Second
+
+// NewEngine makes the engine of family fam for node; it writes nothing
+// until Run (or Sync).
+func NewEngine(fam nft.Family, node string, tables nft.Tables, src Source, log *slog.Logger) *Engine {
+	e := &Engine{fam: fam, node: node, tables: tables, src: src, log: log}
+	e.runner = runner.New(e.Sync, runner.Options{MinInterval: 10 * time.Millisecond, MaxInterval: CheckInterval,
+		MinBackoff: 100 * time.Millisecond, MaxBackoff: 10 * time.Second})
+	return e
+}
+
+// Poke asks for a sync soon (an informer event).
+func (e *Engine) Poke() { e.runner.Poke() }
+
+// Run syncs until ctx ends; the table stays.
+func (e *Engine) Run(ctx context.Context) { e.runner.Run(ctx) }
+
+// Status is the sync loop's progress, for health checks.
+func (e *Engine) Status() runner.Status { return e.runner.Status() }
+
+// Sync computes the model and commits it: the difference from the last
+// commit, or the whole table after a failure or on the first sync. Until
+// the Source has synced it writes nothing, so a restarted agent keeps the
+// previous one's table.
+func (e *Engine) Sync(ctx context.Context) error {
+	c, err := e.src.Cluster()
+	if errors.Is(err, ErrNotSynced) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	m := Compute(c, e.node, e.fam)
+	e.noteProblems(m.Problems)
+	want := m.Elements()
+	e.mu.Lock()
+	have := e.committed
+	e.mu.Unlock()
+	tx := e.tables.NewTx()
+	if have == nil {
+		writeFull(tx, e.fam, want)
+	} else if !writeDiff(tx, have, want) {
+		return e.check(ctx, want)
+	}
+	if err := e.tables.Run(ctx, tx); err != nil {
+		e.setCommitted(nil)
+		return fmt.Errorf("program %s (%s): %w", Table, e.fam, err)
+	}
+	e.setCommitted(want)
+	return nil
+}
+
+// check rewrites the table at once when it is gone (`nft flush ruleset`,
+// a distribution's firewall service) though nothing changed.
+func (e *Engine) check(ctx context.Context, want Elements) error {
+	chains, err := e.tables.List(ctx, "chains")
+	if err != nil && !nft.IsNotFound(err) {
+		return fmt.Errorf("list %s: %w", Table, err)
+	}
+	if slices.Contains(chains, forwardChain) {
+		return nil
+	}
+	e.log.Warn("policy table missing; rewriting it", "table", Table)
+	tx := e.tables.NewTx()
+	writeFull(tx, e.fam, want)
+	if err := e.tables.Run(ctx, tx); err != nil {
+		e.setCommitted(nil)
+		return fmt.Errorf("program %s (%s): %w", Table, e.fam, err)
+	}
+	return nil
+}
+
+func (e *Engine) setCommitted(c Elements) {
+	e.mu.Lock()
+	e.committed = c
+	e.mu.Unlock()
+}
+
+func (e *Engine) noteProblems(p []string) {
+	e.mu.Lock()
+	changed := !slices.Equal(p, e.problems)
+	e.problems = p
+	e.mu.Unlock()
+	if changed && len(p) > 0 {
+		e.log.Warn("parts of policies select nothing", "problems", p)
+	}
+}
