@@ -1,14 +1,11 @@
 package lab
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/flatnet-io/flatnet/internal/netns"
@@ -65,52 +62,4 @@ func (l Layout) removeState() error {
 		return fmt.Errorf("%s has no lab.json: not a lab's state directory, left alone", l.Dir)
 	}
 	return os.RemoveAll(l.Dir)
-}
-
-// Forward listens on the machine's loopback and carries each connection to
-// target, dialled from inside the namespace at nsPath: kubectl on the machine
-// reaches the API server in the control-plane namespace through it.
-func Forward(ctx context.Context, listen, nsPath, target string) error {
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return err
-	}
-	go func() { <-ctx.Done(); ln.Close() }()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		go func() {
-			defer c.Close()
-			var up net.Conn
-			err := netns.Do(nsPath, func() (err error) {
-				up, err = net.DialTimeout("tcp", target, 5*time.Second)
-				return err
-			})
-			if err != nil {
-				return
-			}
-			defer up.Close()
-			splice(c, up)
-		}()
-	}
-}
-
-func splice(a, b net.Conn) {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	cp := func(dst, src net.Conn) {
-		defer wg.Done()
-		_, _ = io.Copy(dst, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
-	}
-	go cp(a, b)
-	go cp(b, a)
-	wg.Wait()
 }

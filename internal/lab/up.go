@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -18,8 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
-
-	"github.com/flatnet-io/flatnet/internal/netns"
 )
 
 // Options configure `flatnet lab up`.
@@ -210,30 +206,6 @@ func (l Layout) upNodes(ctx context.Context, client *kubernetes.Clientset, o Opt
 		}
 	}
 	return waitNodesReady(ctx, client, o.Nodes, 3*time.Minute)
-}
-
-// ensureForwarder starts the loopback listener that carries kubectl's
-// connections into the control-plane namespace, and points the admin
-// kubeconfig at it.
-func (l Layout) ensureForwarder(binDir string, s *saved) error {
-	if s.APIPort == 0 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		s.APIPort = ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if err := l.save(*s); err != nil {
-			return err
-		}
-	}
-	err := l.start(component{"api-forwarder", "", []string{binPath(binDir, "flatnet"), "lab", "forward",
-		"--listen=127.0.0.1:" + strconv.Itoa(s.APIPort), "--netns=" + netns.Path(l.NS("cp")),
-		"--to=" + APIServerIP.String() + ":6443", "--state-dir=" + l.Dir}})
-	if err != nil {
-		return err
-	}
-	return l.writeKubeconfig("admin", "https://127.0.0.1:"+strconv.Itoa(s.APIPort))
 }
 
 // Client is an admin client of the lab's API server (through the forwarder).
