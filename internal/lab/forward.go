@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/workload"
 )
 
 // ensureForwarder starts the loopback listener that carries kubectl's
@@ -43,29 +44,23 @@ func Forward(ctx context.Context, listen, nsPath, target string) error {
 	if err != nil {
 		return err
 	}
-	go func() { <-ctx.Done(); ln.Close() }()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		go func() {
-			defer c.Close()
-			var up net.Conn
-			err := netns.Do(nsPath, func() (err error) {
-				up, err = net.DialTimeout("tcp", target, 5*time.Second)
-				return err
-			})
-			if err != nil {
-				return
-			}
-			defer up.Close()
-			splice(c, up)
-		}()
+	return workload.Serve(ctx, ln, func(c net.Conn) { go forwardConn(c, nsPath, target) })
+}
+
+// forwardConn carries c to target, dialled from inside the namespace at
+// nsPath, until both directions are done.
+func forwardConn(c net.Conn, nsPath, target string) {
+	defer c.Close()
+	var up net.Conn
+	err := netns.Do(nsPath, func() (err error) {
+		up, err = net.DialTimeout("tcp", target, 5*time.Second)
+		return err
+	})
+	if err != nil {
+		return
 	}
+	defer up.Close()
+	splice(c, up)
 }
 
 func splice(a, b net.Conn) {

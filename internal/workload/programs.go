@@ -185,15 +185,10 @@ func serveHostname(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		go func() { <-ctx.Done(); ln.Close() }()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return nil
-			}
+		return Serve(ctx, ln, func(c net.Conn) {
 			_, _ = io.WriteString(c, name)
 			c.Close()
-		}
+		})
 	}
 	if *useHTTP {
 		return serveHTTP(ctx, *port, textHandler(name))

@@ -18,6 +18,7 @@ import (
 
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
+	"github.com/flatnet-io/flatnet/internal/workload"
 )
 
 // Six netexec pods spread over the three nodes: every pod reaches every
@@ -276,15 +277,10 @@ func outsideTellsClient(t *testing.T, network, addr string) {
 	if err := netns.Do(outsideNS(), func() (err error) { ln, err = net.Listen(network, addr); return err }); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
 	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
+		_ = workload.Serve(t.Context(), ln, func(c net.Conn) {
 			_, _ = io.WriteString(c, c.RemoteAddr().String())
 			c.Close()
-		}
+		})
 	}()
 }
