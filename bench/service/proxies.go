@@ -81,9 +81,9 @@ func readInt(path string) (int, error) {
 // programs the node), then resetNode. It returns the tables resetNode had
 // to delete.
 func prepare(l lab.Layout, bin string, p proxyUnderTest) ([]string, error) {
-	l.StopProcess("flatnetd-node-1", 10*time.Second)
+	lab.NewProcesses(l).Stop("flatnetd-node-1", 10*time.Second)
 	if p.name != "flatnet" {
-		if err := l.StartProcess("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false)); err != nil {
+		if err := lab.NewProcesses(l).Start("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false)); err != nil {
 			return nil, err
 		}
 	}
@@ -92,7 +92,7 @@ func prepare(l lab.Layout, bin string, p proxyUnderTest) ([]string, error) {
 
 // launch starts proxy p on node-1 and returns its pid.
 func launch(l lab.Layout, bin string, p proxyUnderTest) (int, error) {
-	if err := l.StartProcess(p.process, "node-1", p.argv(l, bin)); err != nil {
+	if err := lab.NewProcesses(l).Start(p.process, "node-1", p.argv(l, bin)); err != nil {
 		return 0, err
 	}
 	return readInt(l.Path("pids", p.process))
@@ -103,12 +103,12 @@ func launch(l lab.Layout, bin string, p proxyUnderTest) (int, error) {
 // restarts, so resetNode deletes it before the next proxy starts), and
 // runs flatnetd without a proxy meanwhile.
 func stop(l lab.Layout, bin string, p proxyUnderTest) error {
-	l.StopProcess(p.process, 15*time.Second)
+	lab.NewProcesses(l).Stop(p.process, 15*time.Second)
 	if p.mode != "" {
 		_ = runIn(netns.Path(l.NS("node-1")), filepath.Join(bin, "flatnet-controlplane"), "kube-proxy", "--cleanup", "--proxy-mode="+p.mode)
 	}
 	if p.name == "flatnet" {
-		return l.StartProcess("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false))
+		return lab.NewProcesses(l).Start("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false))
 	}
 	return nil
 }

@@ -2,9 +2,9 @@ package lab
 
 import (
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // controlPlane is the upstream control plane, all in the "cp" namespace.
@@ -74,16 +74,6 @@ func (l Layout) AgentArgs(binDir string, i int, proxy bool) []string {
 	return l.nodeComponents(binDir, i, proxy)[0].argv
 }
 
-// StartProcess starts a detached process of the lab in the namespace of
-// role ("" for the machine's), logging to <state>/logs/<name>.log; it is a
-// no-op when one of that name runs. `lab down` stops it with the rest.
-func (l Layout) StartProcess(name, role string, argv []string) error {
-	return l.start(component{name: name, ns: role, argv: argv})
-}
-
-// StopProcess stops the process of that name (SIGTERM, SIGKILL after grace).
-func (l Layout) StopProcess(name string, grace time.Duration) { l.stop(name, grace) }
-
 // joinAddrs is a comma-separated flag value.
 func joinAddrs(as []netip.Addr) string {
 	parts := make([]string, len(as))
@@ -92,3 +82,6 @@ func joinAddrs(as []netip.Addr) string {
 	}
 	return strings.Join(parts, ",")
 }
+
+// binPath is the path of one of the lab's binaries.
+func binPath(binDir, name string) string { return filepath.Join(binDir, name) }

@@ -28,10 +28,10 @@ func Down(stateRoot, name string, out io.Writer) error {
 		}
 		defer unlock()
 	}
-	procs := l.processes()
-	step(out, "stopping %d processes of lab %q", len(procs), name)
-	l.stopAll(5 * time.Second)
-	if left := l.processes(); len(left) > 0 {
+	procs := NewProcesses(l)
+	step(out, "stopping %d processes of lab %q", len(procs.all()), name)
+	procs.stopAll(5 * time.Second)
+	if left := procs.all(); len(left) > 0 {
 		return fmt.Errorf("processes of the lab survive SIGKILL: %v", left)
 	}
 	names, err := l.Namespaces()

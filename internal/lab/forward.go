@@ -27,7 +27,7 @@ func (l Layout) ensureForwarder(binDir string, s *saved) error {
 			return err
 		}
 	}
-	err := l.start(component{"api-forwarder", "", []string{binPath(binDir, "flatnet"), "lab", "forward",
+	err := NewProcesses(l).start(component{"api-forwarder", "", []string{binPath(binDir, "flatnet"), "lab", "forward",
 		"--listen=127.0.0.1:" + strconv.Itoa(s.APIPort), "--netns=" + netns.Path(l.NS("cp")),
 		"--to=" + APIServerIP.String() + ":6443", "--state-dir=" + l.Dir}})
 	if err != nil {

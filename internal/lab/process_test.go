@@ -52,7 +52,7 @@ func sleeper(t *testing.T, l Layout) component {
 func TestStartFindsProcessWithoutPidFile(t *testing.T) {
 	l := newTestLayout(t, testLabName(""), 1)
 	c := sleeper(t, l)
-	if err := l.start(c); err != nil {
+	if err := NewProcesses(l).start(c); err != nil {
 		t.Fatal(err)
 	}
 	first := processesRunning(c.argv)
@@ -62,13 +62,13 @@ func TestStartFindsProcessWithoutPidFile(t *testing.T) {
 	if err := os.Remove(l.Path("pids", c.name)); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.start(c); err != nil {
+	if err := NewProcesses(l).start(c); err != nil {
 		t.Fatal(err)
 	}
 	if got := processesRunning(c.argv); len(got) != 1 {
 		t.Fatalf("copies after a start without pid file: %v, want only %v", got, first)
 	}
-	if pid, ok := l.running(c.name); !ok || pid != first[0] {
+	if pid, ok := NewProcesses(l).running(c.name); !ok || pid != first[0] {
 		t.Errorf("running(%s) = %d, %v; want %d, true", c.name, pid, ok, first[0])
 	}
 }
@@ -77,7 +77,7 @@ func TestStartFindsProcessWithoutPidFile(t *testing.T) {
 func TestStartAfterExit(t *testing.T) {
 	l := newTestLayout(t, testLabName(""), 1)
 	c := sleeper(t, l)
-	if err := l.start(c); err != nil {
+	if err := NewProcesses(l).start(c); err != nil {
 		t.Fatal(err)
 	}
 	first := processesRunning(c.argv)
@@ -89,7 +89,7 @@ func TestStartAfterExit(t *testing.T) {
 	for len(processesRunning(c.argv)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := l.start(c); err != nil {
+	if err := NewProcesses(l).start(c); err != nil {
 		t.Fatal(err)
 	}
 	if got := processesRunning(c.argv); len(got) != 1 || got[0] == first[0] {

@@ -39,12 +39,13 @@ func Status(ctx context.Context, stateRoot, name string, out io.Writer) error {
 func (l Layout) printComponents(binDir string, out io.Writer) {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "COMPONENT\tNAMESPACE\tPID\tSTATE")
+	procs := NewProcesses(l)
 	comps := append(l.controlPlane(binDir), component{name: "api-forwarder"})
 	for i := 1; i <= l.Nodes; i++ {
 		comps = append(comps, l.nodeComponents(binDir, i, true)...)
 	}
 	for _, c := range comps {
-		pid, ok := l.running(c.name)
+		pid, ok := procs.running(c.name)
 		state, ns := "stopped", "(machine)"
 		if ok {
 			state = "running"

@@ -163,9 +163,10 @@ func (l Layout) record(o Options) (saved, error) {
 // the API server is ready, the controllers and flatnet's RBAC.
 func (l Layout) upControlPlane(ctx context.Context, o Options, s *saved) (*kubernetes.Clientset, error) {
 	step(o.Out, "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (logs in %s)", l.Path("logs"))
+	procs := NewProcesses(l)
 	cp := l.controlPlane(o.BinDir)
 	for _, c := range cp[:2] { // etcd, kube-apiserver
-		if err := l.start(c); err != nil {
+		if err := procs.start(c); err != nil {
 			return nil, err
 		}
 	}
@@ -181,7 +182,7 @@ func (l Layout) upControlPlane(ctx context.Context, o Options, s *saved) (*kuber
 	}
 	// The controllers need the RBAC the API server bootstraps once ready.
 	for _, c := range cp[2:] {
-		if err := l.start(c); err != nil {
+		if err := procs.start(c); err != nil {
 			return nil, err
 		}
 	}
@@ -195,12 +196,13 @@ func (l Layout) upControlPlane(ctx context.Context, o Options, s *saved) (*kuber
 // node is Ready.
 func (l Layout) upNodes(ctx context.Context, client *kubernetes.Clientset, o Options) error {
 	step(o.Out, "nodes: lab kubelet and flatnetd on each of %d nodes", o.Nodes)
+	procs := NewProcesses(l)
 	for i := 1; i <= o.Nodes; i++ {
 		if err := os.MkdirAll(l.NodeDir(i), 0o755); err != nil {
 			return err
 		}
 		for _, c := range l.nodeComponents(o.BinDir, i, !o.NoProxy) {
-			if err := l.start(c); err != nil {
+			if err := procs.start(c); err != nil {
 				return err
 			}
 		}
