@@ -34,7 +34,7 @@ func proxies() []proxyUnderTest {
 	return []proxyUnderTest{
 		{name: "flatnet", process: "flatnetd-node-1", metrics: "127.0.0.1:9466",
 			fullSync: "flatnet_proxy_sync_duration_seconds",
-			argv:     func(l lab.Layout, bin string) []string { return l.AgentArgs(bin, 1, true) }},
+			argv:     func(l lab.Layout, bin string) []string { return lab.AgentArgs(l, bin, 1, true) }},
 		kubeProxy("nftables", "kubeproxy_sync_full_proxy_rules_duration_seconds"),
 		kubeProxy("iptables", "kubeproxy_sync_proxy_rules_duration_seconds"),
 	}
@@ -83,7 +83,7 @@ func readInt(path string) (int, error) {
 func prepare(l lab.Layout, bin string, p proxyUnderTest) ([]string, error) {
 	lab.NewProcesses(l).Stop("flatnetd-node-1", 10*time.Second)
 	if p.name != "flatnet" {
-		if err := lab.NewProcesses(l).Start("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false)); err != nil {
+		if err := lab.NewProcesses(l).Start("flatnetd-node-1", "node-1", lab.AgentArgs(l, bin, 1, false)); err != nil {
 			return nil, err
 		}
 	}
@@ -108,7 +108,7 @@ func stop(l lab.Layout, bin string, p proxyUnderTest) error {
 		_ = runIn(netns.Path(l.NS("node-1")), filepath.Join(bin, "flatnet-controlplane"), "kube-proxy", "--cleanup", "--proxy-mode="+p.mode)
 	}
 	if p.name == "flatnet" {
-		return lab.NewProcesses(l).Start("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false))
+		return lab.NewProcesses(l).Start("flatnetd-node-1", "node-1", lab.AgentArgs(l, bin, 1, false))
 	}
 	return nil
 }

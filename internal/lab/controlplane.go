@@ -8,7 +8,7 @@ import (
 )
 
 // controlPlane is the upstream control plane, all in the "cp" namespace.
-func (l Layout) controlPlane(binDir string) []component {
+func controlPlane(l Layout, binDir string) []component {
 	cp := binPath(binDir, "flatnet-controlplane")
 	pki := func(name string) string { return l.Path("pki", name) }
 	kc := func(owner string) string { return l.Kubeconfig(owner) }
@@ -48,7 +48,7 @@ func (l Layout) controlPlane(binDir string) []component {
 
 // nodeComponents are the per-node processes: the lab kubelet and flatnetd,
 // both inside the node's namespace.
-func (l Layout) nodeComponents(binDir string, i int, proxy bool) []component {
+func nodeComponents(l Layout, binDir string, i int, proxy bool) []component {
 	n := l.NodeName(i)
 	dir := l.NodeDir(i)
 	return []component{
@@ -70,8 +70,8 @@ func (l Layout) nodeComponents(binDir string, i int, proxy bool) []component {
 
 // AgentArgs is the command line of node i's flatnetd, with the service proxy
 // on or off (the Service benchmark swaps proxies on a node with it).
-func (l Layout) AgentArgs(binDir string, i int, proxy bool) []string {
-	return l.nodeComponents(binDir, i, proxy)[0].argv
+func AgentArgs(l Layout, binDir string, i int, proxy bool) []string {
+	return nodeComponents(l, binDir, i, proxy)[0].argv
 }
 
 // joinAddrs is a comma-separated flag value.

@@ -143,7 +143,7 @@ func TestKubeletsSeeOnlyTheirPods(t *testing.T) {
 		t.Fatal(err)
 	}
 	prefix := func(i int) string {
-		for _, a := range l.nodeComponents("bin", i, true)[1].argv {
+		for _, a := range nodeComponents(l, "bin", i, true)[1].argv {
 			if v, ok := strings.CutPrefix(a, "--netns-prefix="); ok {
 				return v
 			}

@@ -40,9 +40,9 @@ func (l Layout) printComponents(binDir string, out io.Writer) {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "COMPONENT\tNAMESPACE\tPID\tSTATE")
 	procs := NewProcesses(l)
-	comps := append(l.controlPlane(binDir), component{name: "api-forwarder"})
+	comps := append(controlPlane(l, binDir), component{name: "api-forwarder"})
 	for i := 1; i <= l.Nodes; i++ {
-		comps = append(comps, l.nodeComponents(binDir, i, true)...)
+		comps = append(comps, nodeComponents(l, binDir, i, true)...)
 	}
 	for _, c := range comps {
 		pid, ok := procs.running(c.name)

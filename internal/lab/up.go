@@ -164,7 +164,7 @@ func (l Layout) record(o Options) (saved, error) {
 func (l Layout) upControlPlane(ctx context.Context, o Options, s *saved) (*kubernetes.Clientset, error) {
 	step(o.Out, "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (logs in %s)", l.Path("logs"))
 	procs := NewProcesses(l)
-	cp := l.controlPlane(o.BinDir)
+	cp := controlPlane(l, o.BinDir)
 	for _, c := range cp[:2] { // etcd, kube-apiserver
 		if err := procs.start(c); err != nil {
 			return nil, err
@@ -201,7 +201,7 @@ func (l Layout) upNodes(ctx context.Context, client *kubernetes.Clientset, o Opt
 		if err := os.MkdirAll(l.NodeDir(i), 0o755); err != nil {
 			return err
 		}
-		for _, c := range l.nodeComponents(o.BinDir, i, !o.NoProxy) {
+		for _, c := range nodeComponents(l, o.BinDir, i, !o.NoProxy) {
 			if err := procs.start(c); err != nil {
 				return err
 			}
