@@ -61,7 +61,7 @@ func nodeComponents(l Layout, binDir string, i int, proxy bool) []component {
 		}},
 		{"kubelet-" + n, n, []string{binPath(binDir, "flatnet"), "lab", "kubelet",
 			"--kubeconfig=" + l.Kubeconfig("kubelet-"+n), "--node-name=" + n,
-			"--node-ip=" + joinAddrs(l.NodeIPs(i)), "--state-dir=" + dir,
+			"--node-ip=" + joinAddrs(NodeIPs(i)), "--state-dir=" + dir,
 			"--cni-conf-dir=" + dir + "/cni/net.d", "--cni-bin-dir=" + binDir,
 			"--netns-prefix=" + l.PodNSPrefix(n), "--max-pods=" + strconv.Itoa(110),
 		}},

@@ -67,7 +67,7 @@ func (l Layout) ensurePKI() error {
 		if id.owner == "admin" {
 			continue // written by ensureForwarder, pointing at the forwarder
 		}
-		if err := l.writeKubeconfig(id.owner, l.APIServerURL()); err != nil {
+		if err := l.writeKubeconfig(id.owner, apiServerURL()); err != nil {
 			return err
 		}
 	}

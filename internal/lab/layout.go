@@ -38,8 +38,6 @@
 package lab
 
 import (
-	"fmt"
-	"net/netip"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -48,29 +46,6 @@ import (
 
 	"github.com/flatnet-io/flatnet/internal/netns"
 )
-
-// Fixed addressing of a lab; every lab has its own underlay namespace, so two
-// labs never see each other's addresses. A lab is dual-stack, IPv4 first:
-// every host has an address of each family, nodes get a pod CIDR of each
-// (kube-controller-manager cuts a /24 and a /64), pods an IP of each, and
-// Services are IPv4 unless their ipFamilyPolicy asks for IPv6 too.
-var (
-	Underlay    = netip.MustParsePrefix("172.30.0.0/24")
-	OutsideIP   = netip.MustParseAddr("172.30.0.1")
-	APIServerIP = netip.MustParseAddr("172.30.0.2")
-	ClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
-	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
-
-	Underlay6    = netip.MustParsePrefix("fd00:30::/64")
-	OutsideIP6   = netip.MustParseAddr("fd00:30::1")
-	APIServerIP6 = netip.MustParseAddr("fd00:30::2")
-	ClusterCIDR6 = netip.MustParsePrefix("fd00:244::/48")
-	ServiceCIDR6 = netip.MustParsePrefix("fd00:96::/112")
-)
-
-// ClusterCIDRs and ServiceCIDRs are the flag values of a dual-stack lab.
-func ClusterCIDRs() string { return ClusterCIDR.String() + "," + ClusterCIDR6.String() }
-func ServiceCIDRs() string { return ServiceCIDR.String() + "," + ServiceCIDR6.String() }
 
 // DefaultStateRoot is where labs keep their files.
 const DefaultStateRoot = "/var/lib/flatnet/labs"
@@ -117,22 +92,6 @@ func (l Layout) NodeIndex(name string) (int, bool) {
 	return 0, false
 }
 
-// NodeIP is the underlay address of node i.
-func (l Layout) NodeIP(i int) netip.Addr {
-	a := Underlay.Addr().As4()
-	a[3] = byte(10 + i)
-	return netip.AddrFrom4(a)
-}
-
-// NodeIP6 is the IPv6 underlay address of node i: fd00:30::(10+i), the
-// same last digits as its IPv4 address.
-func (l Layout) NodeIP6(i int) netip.Addr {
-	return netip.MustParseAddr(Underlay6.Addr().String() + strconv.Itoa(10+i))
-}
-
-// NodeIPs are node i's InternalIPs, IPv4 first.
-func (l Layout) NodeIPs(i int) []netip.Addr { return []netip.Addr{l.NodeIP(i), l.NodeIP6(i)} }
-
 // PodNSPrefix starts the namespace name of every pod on node: its kubelet
 // removes the namespaces with this prefix whose pod it does not run, so it
 // must name the node ("-p-" keeps node-1's apart from node-10's).
@@ -167,9 +126,6 @@ func (l Layout) Path(parts ...string) string {
 
 // NodeDir is node i's own directory (CNI config, IPAM, cache, pod state).
 func (l Layout) NodeDir(i int) string { return l.Path("nodes", l.NodeName(i)) }
-
-// APIServerURL is how nodes reach the API server.
-func (l Layout) APIServerURL() string { return fmt.Sprintf("https://%s:6443", APIServerIP) }
 
 // Kubeconfig is the path of a kubeconfig by owner ("admin", "node-1", ...).
 func (l Layout) Kubeconfig(owner string) string { return l.Path("kubeconfig", owner+".kubeconfig") }

@@ -51,7 +51,7 @@ func TestNamesFitTheKernel(t *testing.T) {
 	if n := l.PodNS(l.NodeName(MaxNodes), "0f6b5a3e-7c1d-4e2f-9a8b-1c2d3e4f5a6b"); len(n) > 255 {
 		t.Errorf("pod namespace name %q is %d bytes", n, len(n))
 	}
-	for _, h := range l.hosts() {
+	for _, h := range hosts(l) {
 		if len(h.role) > 15 {
 			t.Errorf("switch port %q is longer than IFNAMSIZ-1", h.role)
 		}

@@ -71,10 +71,6 @@ func step(out io.Writer, format string, args ...any) {
 	fmt.Fprintf(out, "==> "+format+"\n", args...)
 }
 
-// MaxNodes is the most nodes a lab has: node i's underlay address ends in
-// 10+i, and .255 is the broadcast address.
-const MaxNodes = 244
-
 // Validate reports every problem with the options at once.
 func (o Options) Validate() error {
 	var errs []error
@@ -115,7 +111,7 @@ func Up(ctx context.Context, o Options) error {
 		return fmt.Errorf("PKI: %w", err)
 	}
 	step(o.Out, "underlay: namespaces %s{switch,cp,node-1..%d} on bridge br0 (%s, %s)", l.Prefix(), o.Nodes, Underlay, Underlay6)
-	if err := l.ensureTopology(); err != nil {
+	if err := ensureTopology(l); err != nil {
 		return fmt.Errorf("topology: %w", err)
 	}
 	client, err := l.upControlPlane(ctx, o, &s)

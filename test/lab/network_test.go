@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/flatnet-io/flatnet/internal/lab"
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
 	"github.com/flatnet-io/flatnet/internal/workload"
@@ -68,7 +69,7 @@ func TestNodeToPodAndPodToOutside(t *testing.T) {
 	pods := deploy(t, ns, netexecDeployment("netexec", 3))
 	nodeIPs := map[string]string{}
 	for i := 1; i <= nodes; i++ {
-		nodeIPs[layout.NodeName(i)] = layout.NodeIP(i).String()
+		nodeIPs[layout.NodeName(i)] = lab.NodeIP(i).String()
 	}
 	for i := 1; i <= nodes; i++ {
 		from := layout.NodeName(i)
