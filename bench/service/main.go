@@ -138,7 +138,7 @@ func setUp(ctx context.Context, o lab.Options, runs rateRuns) (*bench, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := l.Client()
+	c, err := lab.Client(l)
 	if err != nil {
 		return nil, err
 	}

@@ -225,7 +225,7 @@ func runExec(ctx context.Context, fs *flag.FlagSet, lf *labFlags, args []string)
 		if !ok {
 			ns, name = "default", target
 		}
-		client, err := l.Client()
+		client, err := lab.Client(l)
 		if err != nil {
 			return check("lab exec", err)
 		}

@@ -33,7 +33,7 @@ func (l Layout) ensureForwarder(binDir string, s *saved) error {
 	if err != nil {
 		return err
 	}
-	return l.writeKubeconfig("admin", "https://127.0.0.1:"+strconv.Itoa(s.APIPort))
+	return writeKubeconfig(l, "admin", "https://127.0.0.1:"+strconv.Itoa(s.APIPort))
 }
 
 // Forward listens on the machine's loopback and carries each connection to

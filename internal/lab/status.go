@@ -19,7 +19,7 @@ func Status(ctx context.Context, stateRoot, name string, out io.Writer) error {
 		return err
 	}
 	l.printComponents(s.BinDir, out)
-	client, err := l.Client()
+	client, err := Client(l)
 	if err != nil {
 		return err
 	}

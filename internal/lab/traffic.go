@@ -72,7 +72,7 @@ func Traffic(ctx context.Context, stateRoot, name string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := l.Client()
+	c, err := Client(l)
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Options configure `flatnet lab up`.
@@ -107,8 +106,11 @@ func Up(ctx context.Context, o Options) error {
 		return err
 	}
 	step(o.Out, "certificates and kubeconfigs in %s", l.Path("pki"))
-	if err := l.ensurePKI(); err != nil {
+	if err := ensurePKI(l); err != nil {
 		return fmt.Errorf("PKI: %w", err)
+	}
+	if err := ensureKubeconfigs(l); err != nil {
+		return fmt.Errorf("kubeconfigs: %w", err)
 	}
 	step(o.Out, "underlay: namespaces %s{switch,cp,node-1..%d} on bridge br0 (%s, %s)", l.Prefix(), o.Nodes, Underlay, Underlay6)
 	if err := ensureTopology(l); err != nil {
@@ -169,7 +171,7 @@ func (l Layout) upControlPlane(ctx context.Context, o Options, s *saved) (*kuber
 	if err := l.ensureForwarder(o.BinDir, s); err != nil {
 		return nil, err
 	}
-	client, err := l.Client()
+	client, err := Client(l)
 	if err != nil {
 		return nil, err
 	}
@@ -204,16 +206,6 @@ func (l Layout) upNodes(ctx context.Context, client *kubernetes.Clientset, o Opt
 		}
 	}
 	return waitNodesReady(ctx, client, o.Nodes, 3*time.Minute)
-}
-
-// Client is an admin client of the lab's API server (through the forwarder).
-func (l Layout) Client() (*kubernetes.Clientset, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", l.Kubeconfig("admin"))
-	if err != nil {
-		return nil, err
-	}
-	cfg.QPS, cfg.Burst = 100, 200
-	return kubernetes.NewForConfig(cfg)
 }
 
 func waitAPIServer(ctx context.Context, c *kubernetes.Clientset, timeout time.Duration) error {

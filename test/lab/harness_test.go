@@ -71,7 +71,7 @@ func runMain(m *testing.M) int {
 	} else {
 		layout, _, err = lab.Open(stateRoot, labName)
 		if err == nil {
-			client, err = layout.Client()
+			client, err = lab.Client(layout)
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
