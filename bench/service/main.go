@@ -134,7 +134,7 @@ type bench struct {
 
 // setUp deploys the backends on node-2 and the client pod on node-1.
 func setUp(ctx context.Context, o lab.Options, runs rateRuns) (*bench, error) {
-	l, _, err := lab.Open(o.StateRoot, o.Name)
+	l, err := lab.Open(o.StateRoot, o.Name)
 	if err != nil {
 		return nil, err
 	}

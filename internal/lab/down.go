@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"time"
 
@@ -21,8 +20,8 @@ func Down(stateRoot, name string, out io.Writer) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the lab needs root (network namespaces)")
 	}
-	if _, err := os.Stat(l.Path("lab.json")); err == nil { // a lab's directory, not some other
-		unlock, err := l.lock()
+	if _, err := os.Stat(l.Path(stateFile)); err == nil { // a lab's directory, not some other
+		unlock, err := lock(l)
 		if err != nil {
 			return err
 		}
@@ -41,25 +40,6 @@ func Down(stateRoot, name string, out io.Writer) error {
 	}
 	step(out, "removed %d network namespaces %s*", len(names), l.Prefix())
 	step(out, "removing %s", l.Dir)
-	errs = append(errs, l.removeState())
+	errs = append(errs, removeState(l))
 	return errors.Join(errs...)
-}
-
-// removeState removes the state directory, but only one that a lab made:
-// it holds lab.json (written first thing by `lab up`, right after taking
-// the lock), or nothing but the lock file.
-// Anything else at that path is left alone with an error.
-func (l Layout) removeState() error {
-	entries, err := os.ReadDir(l.Dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	onlyLock := len(entries) == 0 || len(entries) == 1 && entries[0].Name() == lockFile
-	if _, err := os.Lstat(l.Path("lab.json")); err != nil && !onlyLock {
-		return fmt.Errorf("%s has no lab.json: not a lab's state directory, left alone", l.Dir)
-	}
-	return os.RemoveAll(l.Dir)
 }

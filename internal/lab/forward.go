@@ -15,7 +15,7 @@ import (
 // ensureForwarder starts the loopback listener that carries kubectl's
 // connections into the control-plane namespace, and points the admin
 // kubeconfig at it.
-func (l Layout) ensureForwarder(binDir string, s *saved) error {
+func ensureForwarder(l Layout, binDir string, s *saved) error {
 	if s.APIPort == 0 {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -23,7 +23,7 @@ func (l Layout) ensureForwarder(binDir string, s *saved) error {
 		}
 		s.APIPort = ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
-		if err := l.save(*s); err != nil {
+		if err := save(l, *s); err != nil {
 			return err
 		}
 	}

@@ -14,11 +14,11 @@ import (
 
 // Status prints the lab's components, nodes and pods.
 func Status(ctx context.Context, stateRoot, name string, out io.Writer) error {
-	l, s, err := Open(stateRoot, name)
+	l, s, err := open(stateRoot, name)
 	if err != nil {
 		return err
 	}
-	l.printComponents(s.BinDir, out)
+	printComponents(l, s.BinDir, out)
 	client, err := Client(l)
 	if err != nil {
 		return err
@@ -36,7 +36,7 @@ func Status(ctx context.Context, stateRoot, name string, out io.Writer) error {
 }
 
 // printComponents lists every process of the lab and whether it runs.
-func (l Layout) printComponents(binDir string, out io.Writer) {
+func printComponents(l Layout, binDir string, out io.Writer) {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "COMPONENT\tNAMESPACE\tPID\tSTATE")
 	procs := NewProcesses(l)

@@ -17,7 +17,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
-	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
 )
 
@@ -56,19 +55,11 @@ func NetexecDeployment(name string, replicas int32) *appsv1.Deployment {
 	}
 }
 
-// PodNetNS is the path of a pod's network namespace in this lab.
-func (l Layout) PodNetNS(p *corev1.Pod) string {
-	if p.Spec.HostNetwork {
-		return netns.Path(l.NS(p.Spec.NodeName))
-	}
-	return netns.Path(l.PodNS(p.Spec.NodeName, string(p.UID)))
-}
-
 // Traffic deploys six netexec pods (namespace flatnet-demo) and shows
 // traffic between them: each pod asks a pod on another node, over HTTP and
 // UDP, which address it came from; the answer is the asking pod's own.
 func Traffic(ctx context.Context, stateRoot, name string, out io.Writer) error {
-	l, _, err := Open(stateRoot, name)
+	l, err := Open(stateRoot, name)
 	if err != nil {
 		return err
 	}

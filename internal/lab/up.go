@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -26,44 +25,6 @@ type Options struct {
 	SourceDir string // repository root, to build the control plane when missing
 	NoProxy   bool   // flatnetd without its service proxy (to run another one)
 	Out       io.Writer
-}
-
-// saved is what a lab remembers about itself between commands.
-type saved struct {
-	Nodes   int    `json:"nodes"`
-	BinDir  string `json:"binDir"`
-	APIPort int    `json:"apiPort"`
-}
-
-func (l Layout) load() (saved, error) {
-	var s saved
-	b, err := os.ReadFile(l.Path("lab.json"))
-	if err != nil {
-		return s, err
-	}
-	return s, json.Unmarshal(b, &s)
-}
-
-func (l Layout) save(s saved) error {
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
-	return writeFile(l.Path("lab.json"), b, 0o644)
-}
-
-// Open returns the layout of an existing lab.
-func Open(stateRoot, name string) (Layout, saved, error) {
-	l, err := NewLayout(stateRoot, name, 0)
-	if err != nil {
-		return l, saved{}, err
-	}
-	s, err := l.load()
-	if err != nil {
-		return l, s, fmt.Errorf("lab %q is not up (no %s): %w", name, l.Path("lab.json"), err)
-	}
-	l.Nodes = s.Nodes
-	return l, s, nil
 }
 
 func step(out io.Writer, format string, args ...any) {
@@ -96,12 +57,12 @@ func Up(ctx context.Context, o Options) error {
 	if err := checkBinaries(o); err != nil {
 		return err
 	}
-	unlock, err := l.lock()
+	unlock, err := lock(l)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	s, err := l.record(o)
+	s, err := record(l, o)
 	if err != nil {
 		return err
 	}
@@ -116,11 +77,11 @@ func Up(ctx context.Context, o Options) error {
 	if err := ensureTopology(l); err != nil {
 		return fmt.Errorf("topology: %w", err)
 	}
-	client, err := l.upControlPlane(ctx, o, &s)
+	client, err := upControlPlane(ctx, l, o, &s)
 	if err != nil {
 		return err
 	}
-	if err := l.upNodes(ctx, client, o); err != nil {
+	if err := upNodes(ctx, l, client, o); err != nil {
 		return err
 	}
 	kubectl := binPath(o.BinDir, "kubectl")
@@ -146,20 +107,9 @@ func checkBinaries(o Options) error {
 	return nil
 }
 
-// record writes lab.json for o, first thing in the state directory; a lab
-// that is up keeps its number of nodes.
-func (l Layout) record(o Options) (saved, error) {
-	s, err := l.load()
-	if err == nil && s.Nodes != o.Nodes {
-		return s, fmt.Errorf("lab %q is up with %d nodes; `flatnet lab down --name %s` first to change that", o.Name, s.Nodes, o.Name)
-	}
-	s.Nodes, s.BinDir = o.Nodes, o.BinDir
-	return s, l.save(s)
-}
-
 // upControlPlane starts etcd, the API server and its forwarder, then, once
 // the API server is ready, the controllers and flatnet's RBAC.
-func (l Layout) upControlPlane(ctx context.Context, o Options, s *saved) (*kubernetes.Clientset, error) {
+func upControlPlane(ctx context.Context, l Layout, o Options, s *saved) (*kubernetes.Clientset, error) {
 	step(o.Out, "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (logs in %s)", l.Path("logs"))
 	procs := NewProcesses(l)
 	cp := controlPlane(l, o.BinDir)
@@ -168,7 +118,7 @@ func (l Layout) upControlPlane(ctx context.Context, o Options, s *saved) (*kuber
 			return nil, err
 		}
 	}
-	if err := l.ensureForwarder(o.BinDir, s); err != nil {
+	if err := ensureForwarder(l, o.BinDir, s); err != nil {
 		return nil, err
 	}
 	client, err := Client(l)
@@ -192,7 +142,7 @@ func (l Layout) upControlPlane(ctx context.Context, o Options, s *saved) (*kuber
 
 // upNodes starts each node's flatnetd and lab kubelet and waits until every
 // node is Ready.
-func (l Layout) upNodes(ctx context.Context, client *kubernetes.Clientset, o Options) error {
+func upNodes(ctx context.Context, l Layout, client *kubernetes.Clientset, o Options) error {
 	step(o.Out, "nodes: lab kubelet and flatnetd on each of %d nodes", o.Nodes)
 	procs := NewProcesses(l)
 	for i := 1; i <= o.Nodes; i++ {

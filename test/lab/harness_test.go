@@ -69,7 +69,7 @@ func runMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "lab up: %v\n", upErr)
 		dumpLogs()
 	} else {
-		layout, _, err = lab.Open(stateRoot, labName)
+		layout, err = lab.Open(stateRoot, labName)
 		if err == nil {
 			client, err = lab.Client(layout)
 		}
