@@ -223,7 +223,7 @@ func runExec(ctx context.Context, fs *flag.FlagSet, lf *labFlags, args []string)
 	default:
 		ns, name, ok := strings.Cut(target, "/")
 		if !ok {
-			ns, name = "default", target
+			ns, name = metav1.NamespaceDefault, target
 		}
 		client, err := lab.Client(l)
 		if err != nil {
