@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 
@@ -164,6 +165,15 @@ func (e *env) sync() {
 			e.t.Fatalf("sync: %v", err)
 		}
 	}
+}
+
+// serve hands the IPv4 proxier Service s and its EndpointSlice with eps
+// (see slice), then syncs.
+func (e *env) serve(s *corev1.Service, eps ...ep) {
+	e.t.Helper()
+	e.proxier.UpdateService(s)
+	e.proxier.UpdateSlice(slice(s.Name, eps...))
+	e.sync()
 }
 
 // tcp connects from a namespace and returns "<pod> <client address>".
