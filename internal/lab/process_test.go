@@ -46,11 +46,10 @@ func sleeper(t *testing.T, l Layout) component {
 	return c
 }
 
-// TestStartFindsProcessWithoutPidFile: `lab up` killed between starting a
-// process and writing its pid file must not get a second copy on the next
-// run.
-func TestStartFindsProcessWithoutPidFile(t *testing.T) {
-	l := newTestLayout(t, testLabName(""), 1)
+// startSleeper starts a sleeper of lab l and returns it with the one
+// process it made.
+func startSleeper(t *testing.T, l Layout) (component, []int) {
+	t.Helper()
 	c := sleeper(t, l)
 	if err := NewProcesses(l).start(c); err != nil {
 		t.Fatal(err)
@@ -59,6 +58,15 @@ func TestStartFindsProcessWithoutPidFile(t *testing.T) {
 	if len(first) != 1 {
 		t.Fatalf("%d copies after the first start, want 1", len(first))
 	}
+	return c, first
+}
+
+// TestStartFindsProcessWithoutPidFile: `lab up` killed between starting a
+// process and writing its pid file must not get a second copy on the next
+// run.
+func TestStartFindsProcessWithoutPidFile(t *testing.T) {
+	l := newTestLayout(t, testLabName(""), 1)
+	c, first := startSleeper(t, l)
 	if err := os.Remove(l.Path("pids", c.name)); err != nil {
 		t.Fatal(err)
 	}
@@ -76,14 +84,7 @@ func TestStartFindsProcessWithoutPidFile(t *testing.T) {
 // TestStartAfterExit: a component whose process is gone is started again.
 func TestStartAfterExit(t *testing.T) {
 	l := newTestLayout(t, testLabName(""), 1)
-	c := sleeper(t, l)
-	if err := NewProcesses(l).start(c); err != nil {
-		t.Fatal(err)
-	}
-	first := processesRunning(c.argv)
-	if len(first) != 1 {
-		t.Fatalf("%d copies after the first start, want 1", len(first))
-	}
+	c, first := startSleeper(t, l)
 	_ = syscall.Kill(-first[0], syscall.SIGKILL)
 	deadline := time.Now().Add(5 * time.Second)
 	for len(processesRunning(c.argv)) > 0 && time.Now().Before(deadline) {
