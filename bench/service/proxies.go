@@ -81,9 +81,10 @@ func readInt(path string) (int, error) {
 // programs the node), then resetNode. It returns the tables resetNode had
 // to delete.
 func prepare(l lab.Layout, bin string, p proxyUnderTest) ([]string, error) {
-	lab.NewProcesses(l).Stop("flatnetd-node-1", 10*time.Second)
+	procs := lab.NewProcesses(l)
+	procs.Stop("flatnetd-node-1", 10*time.Second)
 	if p.name != "flatnet" {
-		if err := lab.NewProcesses(l).Start("flatnetd-node-1", "node-1", lab.AgentArgs(l, bin, 1, false)); err != nil {
+		if err := procs.Start("flatnetd-node-1", "node-1", lab.AgentArgs(l, bin, 1, false)); err != nil {
 			return nil, err
 		}
 	}
@@ -103,12 +104,13 @@ func launch(l lab.Layout, bin string, p proxyUnderTest) (int, error) {
 // restarts, so resetNode deletes it before the next proxy starts), and
 // runs flatnetd without a proxy meanwhile.
 func stop(l lab.Layout, bin string, p proxyUnderTest) error {
-	lab.NewProcesses(l).Stop(p.process, 15*time.Second)
+	procs := lab.NewProcesses(l)
+	procs.Stop(p.process, 15*time.Second)
 	if p.mode != "" {
 		_ = runIn(netns.Path(l.NS("node-1")), filepath.Join(bin, "flatnet-controlplane"), "kube-proxy", "--cleanup", "--proxy-mode="+p.mode)
 	}
 	if p.name == "flatnet" {
-		return lab.NewProcesses(l).Start("flatnetd-node-1", "node-1", lab.AgentArgs(l, bin, 1, false))
+		return procs.Start("flatnetd-node-1", "node-1", lab.AgentArgs(l, bin, 1, false))
 	}
 	return nil
 }
