@@ -134,11 +134,11 @@ type bench struct {
 
 // setUp deploys the backends on node-2 and the client pod on node-1.
 func setUp(ctx context.Context, o lab.Options, runs rateRuns) (*bench, error) {
-	l, _, err := lab.Open(o.StateRoot, o.Name)
+	l, err := lab.Open(o.StateRoot, o.Name)
 	if err != nil {
 		return nil, err
 	}
-	c, err := l.Client()
+	c, err := lab.Client(l)
 	if err != nil {
 		return nil, err
 	}

@@ -39,7 +39,7 @@ func backends(ctx context.Context, c kubernetes.Interface) ([]corev1.Pod, error)
 func pinnedPods(ctx context.Context, c kubernetes.Interface, name, node string, n int32) ([]corev1.Pod, error) {
 	d := lab.NetexecDeployment(name, n)
 	d.Spec.Template.Spec.TopologySpreadConstraints = nil
-	d.Spec.Template.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": node}
+	d.Spec.Template.Spec.NodeSelector = map[string]string{corev1.LabelHostname: node}
 	if _, err := c.AppsV1().Deployments(benchNS).Create(ctx, d, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}

@@ -34,7 +34,7 @@ func proxies() []proxyUnderTest {
 	return []proxyUnderTest{
 		{name: "flatnet", process: "flatnetd-node-1", metrics: "127.0.0.1:9466",
 			fullSync: "flatnet_proxy_sync_duration_seconds",
-			argv:     func(l lab.Layout, bin string) []string { return l.AgentArgs(bin, 1, true) }},
+			argv:     func(l lab.Layout, bin string) []string { return lab.AgentArgs(l, bin, 1, true) }},
 		kubeProxy("nftables", "kubeproxy_sync_full_proxy_rules_duration_seconds"),
 		kubeProxy("iptables", "kubeproxy_sync_proxy_rules_duration_seconds"),
 	}
@@ -81,9 +81,10 @@ func readInt(path string) (int, error) {
 // programs the node), then resetNode. It returns the tables resetNode had
 // to delete.
 func prepare(l lab.Layout, bin string, p proxyUnderTest) ([]string, error) {
-	l.StopProcess("flatnetd-node-1", 10*time.Second)
+	procs := lab.NewProcesses(l)
+	procs.Stop("flatnetd-node-1", 10*time.Second)
 	if p.name != "flatnet" {
-		if err := l.StartProcess("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false)); err != nil {
+		if err := procs.Start("flatnetd-node-1", "node-1", lab.AgentArgs(l, bin, 1, false)); err != nil {
 			return nil, err
 		}
 	}
@@ -92,7 +93,7 @@ func prepare(l lab.Layout, bin string, p proxyUnderTest) ([]string, error) {
 
 // launch starts proxy p on node-1 and returns its pid.
 func launch(l lab.Layout, bin string, p proxyUnderTest) (int, error) {
-	if err := l.StartProcess(p.process, "node-1", p.argv(l, bin)); err != nil {
+	if err := lab.NewProcesses(l).Start(p.process, "node-1", p.argv(l, bin)); err != nil {
 		return 0, err
 	}
 	return readInt(l.Path("pids", p.process))
@@ -103,12 +104,13 @@ func launch(l lab.Layout, bin string, p proxyUnderTest) (int, error) {
 // restarts, so resetNode deletes it before the next proxy starts), and
 // runs flatnetd without a proxy meanwhile.
 func stop(l lab.Layout, bin string, p proxyUnderTest) error {
-	l.StopProcess(p.process, 15*time.Second)
+	procs := lab.NewProcesses(l)
+	procs.Stop(p.process, 15*time.Second)
 	if p.mode != "" {
 		_ = runIn(netns.Path(l.NS("node-1")), filepath.Join(bin, "flatnet-controlplane"), "kube-proxy", "--cleanup", "--proxy-mode="+p.mode)
 	}
 	if p.name == "flatnet" {
-		return l.StartProcess("flatnetd-node-1", "node-1", l.AgentArgs(bin, 1, false))
+		return procs.Start("flatnetd-node-1", "node-1", lab.AgentArgs(l, bin, 1, false))
 	}
 	return nil
 }

@@ -145,7 +145,7 @@ func runLab(ctx context.Context, args []string) int {
 		if !lf.parse(fs, args[1:]) {
 			return 2
 		}
-		l, _, err := lab.Open(lf.stateRoot, lf.name)
+		l, err := lab.Open(lf.stateRoot, lf.name)
 		if err != nil {
 			return check("lab kubeconfig", err)
 		}
@@ -207,7 +207,7 @@ func runExec(ctx context.Context, fs *flag.FlagSet, lf *labFlags, args []string)
 		fmt.Fprintln(os.Stderr, "usage: flatnet lab exec (NAMESPACE/POD | --node NODE | --outside) -- CMD...")
 		return 2
 	}
-	l, _, err := lab.Open(lf.stateRoot, lf.name)
+	l, err := lab.Open(lf.stateRoot, lf.name)
 	if err != nil {
 		return check("lab exec", err)
 	}
@@ -223,9 +223,9 @@ func runExec(ctx context.Context, fs *flag.FlagSet, lf *labFlags, args []string)
 	default:
 		ns, name, ok := strings.Cut(target, "/")
 		if !ok {
-			ns, name = "default", target
+			ns, name = metav1.NamespaceDefault, target
 		}
-		client, err := l.Client()
+		client, err := lab.Client(l)
 		if err != nil {
 			return check("lab exec", err)
 		}

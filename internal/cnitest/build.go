@@ -1,12 +1,28 @@
-// Package cnitest is what the real-kernel test packages (test/cni,
-// test/proxy) and the CNI benchmark share: it builds flatnet-cni and pinned
-// reference plugins, and a Suite runs a test package's TestMain (skip
-// without root, plugins built once, unique names) and fails the run when a
-// network namespace of the suite is left behind, removing it.
+// Package cnitest is the harness the real-kernel test packages share
+// (test/cni, test/proxy and the NetworkPolicy tests to come); the CNI
+// benchmark uses its builds. It provides:
 //
-// Every namespace a suite's tests create is named with its prefix,
-// fn-<tag><pid>-..., and removed by the test's own cleanup, on failure
-// too; the leak check is the net under that.
+//   - Builds: ModuleRoot, BuildFlatnet (flatnet-cni) and BuildReference
+//     (containernetworking/plugins at ReferenceVersion, from the module
+//     proxy).
+//   - Suite, a test package's TestMain (Main): without root every test
+//     skips with the reason (Require); otherwise flatnet-cni and the
+//     reference plugins asked for are built once into PluginDir. NewName
+//     hands out unique names fn-<tag><pid>-<serial>.
+//   - Node (Suite.NewNode), a test's node: the network namespace
+//     <name>-node with a libcni runtime (RT) over a conflist of the suite's
+//     plugins (network Network, IPAM store in DataDir), run inside that
+//     namespace as containerd runs them; pods in namespaces <name>-<pod>
+//     attached and detached through libcni (Pod, Add, AddPod, Del); an
+//     outside host linked to the node (Outside); netlink handles (Handle,
+//     HandleAt); and what the plugin holds in the node (PluginVeths,
+//     Records, AssertClean).
+//   - The leak check, which fails the test. When a test ends, its pods
+//     still attached are DELeted and their namespaces removed; then a host
+//     veth or IPAM record of the plugin left in the node, or a namespace of
+//     the node still there, fails the test, and the node's namespace is
+//     removed. After the whole run, any namespace with the suite's prefix
+//     fails the run and is removed.
 package cnitest
 
 import (

@@ -29,9 +29,9 @@ func (k *Kubelet) registerNode(ctx context.Context) error {
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{
 		Name: k.cfg.NodeName,
 		Labels: map[string]string{
-			"kubernetes.io/hostname": k.cfg.NodeName,
-			"kubernetes.io/os":       runtime.GOOS,
-			"kubernetes.io/arch":     runtime.GOARCH,
+			corev1.LabelHostname:   k.cfg.NodeName,
+			corev1.LabelOSStable:   runtime.GOOS,
+			corev1.LabelArchStable: runtime.GOARCH,
 		},
 	}}
 	_, err := k.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
@@ -71,7 +71,7 @@ func (k *Kubelet) renewLease(ctx context.Context) error {
 		}
 		lease = &coordinationv1.Lease{
 			ObjectMeta: metav1.ObjectMeta{Name: k.cfg.NodeName, Namespace: corev1.NamespaceNodeLease,
-				OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}}},
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: corev1.SchemeGroupVersion.String(), Kind: "Node", Name: node.Name, UID: node.UID}}},
 			Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(k.cfg.NodeName),
 				LeaseDurationSeconds: ptr.To(int32(leaseDuration / time.Second)), RenewTime: &now},
 		}

@@ -2,13 +2,13 @@ package lab
 
 import (
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // controlPlane is the upstream control plane, all in the "cp" namespace.
-func (l Layout) controlPlane(binDir string) []component {
+func controlPlane(l Layout, binDir string) []component {
 	cp := binPath(binDir, "flatnet-controlplane")
 	pki := func(name string) string { return l.Path("pki", name) }
 	kc := func(owner string) string { return l.Kubeconfig(owner) }
@@ -48,7 +48,7 @@ func (l Layout) controlPlane(binDir string) []component {
 
 // nodeComponents are the per-node processes: the lab kubelet and flatnetd,
 // both inside the node's namespace.
-func (l Layout) nodeComponents(binDir string, i int, proxy bool) []component {
+func nodeComponents(l Layout, binDir string, i int, proxy bool) []component {
 	n := l.NodeName(i)
 	dir := l.NodeDir(i)
 	return []component{
@@ -61,7 +61,7 @@ func (l Layout) nodeComponents(binDir string, i int, proxy bool) []component {
 		}},
 		{"kubelet-" + n, n, []string{binPath(binDir, "flatnet"), "lab", "kubelet",
 			"--kubeconfig=" + l.Kubeconfig("kubelet-"+n), "--node-name=" + n,
-			"--node-ip=" + joinAddrs(l.NodeIPs(i)), "--state-dir=" + dir,
+			"--node-ip=" + joinAddrs(NodeIPs(i)), "--state-dir=" + dir,
 			"--cni-conf-dir=" + dir + "/cni/net.d", "--cni-bin-dir=" + binDir,
 			"--netns-prefix=" + l.PodNSPrefix(n), "--max-pods=" + strconv.Itoa(110),
 		}},
@@ -70,19 +70,9 @@ func (l Layout) nodeComponents(binDir string, i int, proxy bool) []component {
 
 // AgentArgs is the command line of node i's flatnetd, with the service proxy
 // on or off (the Service benchmark swaps proxies on a node with it).
-func (l Layout) AgentArgs(binDir string, i int, proxy bool) []string {
-	return l.nodeComponents(binDir, i, proxy)[0].argv
+func AgentArgs(l Layout, binDir string, i int, proxy bool) []string {
+	return nodeComponents(l, binDir, i, proxy)[0].argv
 }
-
-// StartProcess starts a detached process of the lab in the namespace of
-// role ("" for the machine's), logging to <state>/logs/<name>.log; it is a
-// no-op when one of that name runs. `lab down` stops it with the rest.
-func (l Layout) StartProcess(name, role string, argv []string) error {
-	return l.start(component{name: name, ns: role, argv: argv})
-}
-
-// StopProcess stops the process of that name (SIGTERM, SIGKILL after grace).
-func (l Layout) StopProcess(name string, grace time.Duration) { l.stop(name, grace) }
 
 // joinAddrs is a comma-separated flag value.
 func joinAddrs(as []netip.Addr) string {
@@ -92,3 +82,6 @@ func joinAddrs(as []netip.Addr) string {
 	}
 	return strings.Join(parts, ",")
 }
+
+// binPath is the path of one of the lab's binaries.
+func binPath(binDir, name string) string { return filepath.Join(binDir, name) }

@@ -67,7 +67,7 @@ func TestDownLeavesOtherLabs(t *testing.T) {
 	t.Cleanup(func() { _ = sleeper.Process.Kill(); <-exited })
 	time.Sleep(200 * time.Millisecond) // until ip has entered the namespace and exec'd sleep
 
-	if slices.Contains(l.processes(), sleeper.Process.Pid) {
+	if slices.Contains(NewProcesses(l).all(), sleeper.Process.Pid) {
 		t.Errorf("lab %s counts pid %d, which runs in lab %s", l.Name, sleeper.Process.Pid, other.Name)
 	}
 	if err := Down(filepath.Dir(l.Dir), l.Name, io.Discard); err != nil {

@@ -1,8 +1,10 @@
 package lab
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -59,7 +61,7 @@ const lockFile = "lock"
 // kernel drops the lock when the process dies, however it dies, and the
 // descriptor is close-on-exec, so the processes a command starts do not
 // inherit it.
-func (l Layout) lock() (unlock func(), err error) {
+func lock(l Layout) (unlock func(), err error) {
 	if err := os.MkdirAll(l.Dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -75,4 +77,82 @@ func (l Layout) lock() (unlock func(), err error) {
 		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// saved is what a lab remembers about itself between commands.
+type saved struct {
+	Nodes   int    `json:"nodes"`
+	BinDir  string `json:"binDir"`
+	APIPort int    `json:"apiPort"`
+}
+
+// stateFile, in the state directory, holds what a lab remembers (saved).
+// `lab up` writes it first thing, so a directory that has it is a lab's.
+const stateFile = "lab.json"
+
+func load(l Layout) (saved, error) {
+	var s saved
+	b, err := os.ReadFile(l.Path(stateFile))
+	if err != nil {
+		return s, err
+	}
+	return s, json.Unmarshal(b, &s)
+}
+
+func save(l Layout, s saved) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFile(l.Path(stateFile), b, 0o644)
+}
+
+// Open returns the layout of an existing lab.
+func Open(stateRoot, name string) (Layout, error) {
+	l, _, err := open(stateRoot, name)
+	return l, err
+}
+
+// open returns the layout of an existing lab and what it saved.
+func open(stateRoot, name string) (Layout, saved, error) {
+	l, err := NewLayout(stateRoot, name, 0)
+	if err != nil {
+		return l, saved{}, err
+	}
+	s, err := load(l)
+	if err != nil {
+		return l, s, fmt.Errorf("lab %q is not up (no %s): %w", name, l.Path(stateFile), err)
+	}
+	l.Nodes = s.Nodes
+	return l, s, nil
+}
+
+// record writes lab.json for o, first thing in the state directory; a lab
+// that is up keeps its number of nodes.
+func record(l Layout, o Options) (saved, error) {
+	s, err := load(l)
+	if err == nil && s.Nodes != o.Nodes {
+		return s, fmt.Errorf("lab %q is up with %d nodes; `flatnet lab down --name %s` first to change that", o.Name, s.Nodes, o.Name)
+	}
+	s.Nodes, s.BinDir = o.Nodes, o.BinDir
+	return s, save(l, s)
+}
+
+// removeState removes the state directory, but only one that a lab made:
+// it holds lab.json (written first thing by `lab up`, right after taking
+// the lock), or nothing but the lock file.
+// Anything else at that path is left alone with an error.
+func removeState(l Layout) error {
+	entries, err := os.ReadDir(l.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	onlyLock := len(entries) == 0 || len(entries) == 1 && entries[0].Name() == lockFile
+	if _, err := os.Lstat(l.Path(stateFile)); err != nil && !onlyLock {
+		return fmt.Errorf("%s has no lab.json: not a lab's state directory, left alone", l.Dir)
+	}
+	return os.RemoveAll(l.Dir)
 }

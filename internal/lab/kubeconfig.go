@@ -1,10 +1,10 @@
 package lab
 
 import (
-	"net"
 	"os"
 	"path/filepath"
 
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
@@ -20,7 +20,9 @@ type identity struct {
 	orgs  []string
 }
 
-func (l Layout) identities() []identity {
+// identities are the clients of the lab's API server: the admin, the
+// controllers, upstream kube-proxy, and each node's kubelet and flatnetd.
+func identities(l Layout) []identity {
 	ids := []identity{
 		{"admin", "kubernetes-admin", []string{"system:masters"}},
 		{"controller-manager", "system:kube-controller-manager", nil},
@@ -42,32 +44,16 @@ func (l Layout) identities() []identity {
 	return ids
 }
 
-// ensurePKI makes the CA, the API server's serving certificate, the
-// service-account key pair, and a client certificate plus kubeconfig per
-// identity, pointing at the API server's underlay address (admin's is
-// written by ensureForwarder and points at the forwarder). Certificates and
-// keys present are kept; kubeconfigs are rewritten.
-func (l Layout) ensurePKI() error {
-	p, err := loadOrCreatePKI(l.Path("pki"))
-	if err != nil {
-		return err
-	}
-	dns := []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"}
-	ips := []net.IP{net.ParseIP("127.0.0.1"), APIServerIP.AsSlice(), net.ParseIP("10.96.0.1")}
-	if err := p.issue("apiserver", "kube-apiserver", nil, true, dns, ips); err != nil {
-		return err
-	}
-	if err := p.serviceAccountKey(); err != nil {
-		return err
-	}
-	for _, id := range l.identities() {
-		if err := p.issue(id.owner, id.cn, id.orgs, false, nil, nil); err != nil {
-			return err
-		}
+// ensureKubeconfigs writes a kubeconfig per identity, pointing at the API
+// server's underlay address, with the credentials ensurePKI made (admin's
+// is written by ensureForwarder and points at the forwarder). They are
+// rewritten every time.
+func ensureKubeconfigs(l Layout) error {
+	for _, id := range identities(l) {
 		if id.owner == "admin" {
 			continue // written by ensureForwarder, pointing at the forwarder
 		}
-		if err := l.writeKubeconfig(id.owner, l.APIServerURL()); err != nil {
+		if err := writeKubeconfig(l, id.owner, apiServerURL()); err != nil {
 			return err
 		}
 	}
@@ -76,7 +62,7 @@ func (l Layout) ensurePKI() error {
 
 // writeKubeconfig writes a kubeconfig with embedded credentials, so it can
 // be copied anywhere.
-func (l Layout) writeKubeconfig(owner, server string) error {
+func writeKubeconfig(l Layout, owner, server string) error {
 	read := func(name string) ([]byte, error) { return os.ReadFile(l.Path("pki", name)) }
 	ca, err := read("ca.crt")
 	if err != nil {
@@ -103,4 +89,14 @@ func (l Layout) writeKubeconfig(owner, server string) error {
 		return err
 	}
 	return writeFile(l.Kubeconfig(owner), b, 0o600)
+}
+
+// Client is an admin client of the lab's API server (through the forwarder).
+func Client(l Layout) (*kubernetes.Clientset, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", l.Kubeconfig("admin"))
+	if err != nil {
+		return nil, err
+	}
+	cfg.QPS, cfg.Burst = 100, 200
+	return kubernetes.NewForConfig(cfg)
 }

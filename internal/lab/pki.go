@@ -19,6 +19,30 @@ import (
 	"time"
 )
 
+// ensurePKI makes the CA, the API server's serving certificate, the
+// service-account key pair and a client certificate per identity.
+// Certificates and keys present are kept.
+func ensurePKI(l Layout) error {
+	p, err := loadOrCreatePKI(l.Path("pki"))
+	if err != nil {
+		return err
+	}
+	dns := []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"}
+	ips := []net.IP{net.ParseIP("127.0.0.1"), APIServerIP.AsSlice(), net.ParseIP("10.96.0.1")}
+	if err := p.issue("apiserver", "kube-apiserver", nil, true, dns, ips); err != nil {
+		return err
+	}
+	if err := p.serviceAccountKey(); err != nil {
+		return err
+	}
+	for _, id := range identities(l) {
+		if err := p.issue(id.owner, id.cn, id.orgs, false, nil, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // pki makes the lab's certificate authority and the certificates signed by
 // it, as files under dir: <name>.crt and <name>.key (PEM).
 type pki struct {

@@ -17,6 +17,18 @@ import (
 	"github.com/flatnet-io/flatnet/internal/nsexec"
 )
 
+// Processes starts, finds and stops the long-running processes of one lab.
+// Each runs detached in its own session, logs to <state>/logs/<name>.log,
+// has its pid in <state>/pids/<name> and carries the mark envProcess; a
+// process is the lab's when it carries a mark of the lab, runs in one of
+// the lab's namespaces or names the state directory on its command line.
+type Processes struct {
+	layout Layout // the namespaces they run in, the state directory
+}
+
+// NewProcesses returns the processes of the lab l names.
+func NewProcesses(l Layout) Processes { return Processes{layout: l} }
+
 // component is one long-running process of the lab.
 type component struct {
 	name string   // log and pid file name
@@ -31,12 +43,37 @@ type component struct {
 // even when `lab up` died before writing its pid file.
 const envProcess = "FLATNET_LAB_PROCESS"
 
-func (l Layout) pidFile(name string) (string, error) { return under(l.Dir, "pids", name) }
+func (p Processes) pidFile(name string) (string, error) { return under(p.layout.Dir, "pids", name) }
+
+// Start starts a detached process of the lab in the namespace of role ("" for
+// the machine's), logging to <state>/logs/<name>.log; it is a no-op when one
+// of that name runs. `lab down` stops it with the rest.
+func (p Processes) Start(name, role string, argv []string) error {
+	return p.start(component{name: name, ns: role, argv: argv})
+}
+
+// Stop stops the process of that name (SIGTERM, SIGKILL after grace).
+func (p Processes) Stop(name string, grace time.Duration) {
+	pid, ok := p.running(name)
+	if !ok {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	deadline := time.Now().Add(grace)
+	for time.Now().Before(deadline) {
+		if _, ok := p.running(name); !ok {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
 
 // start launches c detached unless it is already running. Its output goes
 // to <state>/logs/<name>.log.
-func (l Layout) start(c component) error {
-	pidPath, err := l.pidFile(c.name)
+func (p Processes) start(c component) error {
+	l := p.layout
+	pidPath, err := p.pidFile(c.name)
 	if err != nil {
 		return fmt.Errorf("process name: %w", err)
 	}
@@ -44,7 +81,7 @@ func (l Layout) start(c component) error {
 	if err != nil {
 		return fmt.Errorf("process name: %w", err)
 	}
-	if pid, ok := l.running(c.name); ok {
+	if pid, ok := p.running(c.name); ok {
 		return recordPid(pidPath, pid) // the pid file may be the one thing lost
 	}
 	for _, d := range []string{filepath.Dir(pidPath), filepath.Dir(logPath)} {
@@ -87,8 +124,8 @@ func recordPid(path string, pid int) error {
 // its pid file names, if that carries the component's mark (or, started
 // before processes were marked, no mark but belongs to the lab), or else
 // one found by its mark.
-func (l Layout) running(name string) (int, bool) {
-	pidPath, err := l.pidFile(name)
+func (p Processes) running(name string) (int, bool) {
+	pidPath, err := p.pidFile(name)
 	if err != nil {
 		return 0, false
 	}
@@ -96,7 +133,7 @@ func (l Layout) running(name string) (int, bool) {
 	if b, err := os.ReadFile(pidPath); err == nil {
 		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && alive(pid) {
 			env := environ(pid)
-			if slices.Contains(env, mark) || !hasVar(env, envProcess) && l.owns(pid) {
+			if slices.Contains(env, mark) || !hasVar(env, envProcess) && p.owns(pid) {
 				return pid, true
 			}
 		}
@@ -127,12 +164,13 @@ func marked(mark string) []int {
 // owns reports whether pid belongs to this lab: it carries the mark of one
 // of the lab's processes, runs in one of the lab's namespaces or names the
 // lab's state directory on its command line.
-func (l Layout) owns(pid int) bool {
+func (p Processes) owns(pid int) bool {
+	dir := p.layout.Dir
 	if !alive(pid) {
 		return false
 	}
 	for _, e := range environ(pid) {
-		if strings.HasPrefix(e, envProcess+"="+l.Dir+"/") {
+		if strings.HasPrefix(e, envProcess+"="+dir+"/") {
 			return true
 		}
 	}
@@ -140,21 +178,21 @@ func (l Layout) owns(pid int) bool {
 	if err != nil {
 		return false
 	}
-	if strings.Contains(string(cmdline), l.Dir+"/") || strings.Contains(string(cmdline), l.Dir+"\x00") {
+	if strings.Contains(string(cmdline), dir+"/") || strings.Contains(string(cmdline), dir+"\x00") {
 		return true
 	}
 	link, err := netns.Of(pid)
 	if err != nil {
 		return false
 	}
-	_, ok := l.namespaceInodes()[link]
+	_, ok := p.namespaceInodes()[link]
 	return ok
 }
 
 // namespaceInodes maps "net:[inode]" of each lab namespace to its name.
-func (l Layout) namespaceInodes() map[string]string {
+func (p Processes) namespaceInodes() map[string]string {
 	out := map[string]string{}
-	names, _ := l.Namespaces()
+	names, _ := p.layout.Namespaces()
 	for _, n := range names {
 		if id, err := netns.ID(netns.Path(n)); err == nil {
 			out[id] = n
@@ -213,23 +251,23 @@ func allPids() []int {
 	return out
 }
 
-// processes lists every live process of the lab.
-func (l Layout) processes() []int {
-	return slices.DeleteFunc(allPids(), func(pid int) bool { return !l.owns(pid) })
+// all lists every live process of the lab.
+func (p Processes) all() []int {
+	return slices.DeleteFunc(allPids(), func(pid int) bool { return !p.owns(pid) })
 }
 
 // stopAll sends SIGTERM to every process of the lab, waits up to grace, then
 // SIGKILLs what is left.
-func (l Layout) stopAll(grace time.Duration) {
-	for _, pid := range l.processes() {
+func (p Processes) stopAll(grace time.Duration) {
+	for _, pid := range p.all() {
 		_ = syscall.Kill(pid, syscall.SIGTERM)
 	}
 	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) && len(l.processes()) > 0 {
+	for time.Now().Before(deadline) && len(p.all()) > 0 {
 		time.Sleep(100 * time.Millisecond)
 	}
 	for range 20 {
-		left := l.processes()
+		left := p.all()
 		if len(left) == 0 {
 			return
 		}
@@ -239,22 +277,3 @@ func (l Layout) stopAll(grace time.Duration) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
-
-// stop ends one component.
-func (l Layout) stop(name string, grace time.Duration) {
-	pid, ok := l.running(name)
-	if !ok {
-		return
-	}
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
-		if _, ok := l.running(name); !ok {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-}
-
-func binPath(binDir, name string) string { return filepath.Join(binDir, name) }

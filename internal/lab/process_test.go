@@ -46,29 +46,37 @@ func sleeper(t *testing.T, l Layout) component {
 	return c
 }
 
-// TestStartFindsProcessWithoutPidFile: `lab up` killed between starting a
-// process and writing its pid file must not get a second copy on the next
-// run.
-func TestStartFindsProcessWithoutPidFile(t *testing.T) {
-	l := newTestLayout(t, testLabName(""), 1)
+// startSleeper starts a sleeper of lab l and returns it with the one
+// process it made.
+func startSleeper(t *testing.T, l Layout) (component, []int) {
+	t.Helper()
 	c := sleeper(t, l)
-	if err := l.start(c); err != nil {
+	if err := NewProcesses(l).start(c); err != nil {
 		t.Fatal(err)
 	}
 	first := processesRunning(c.argv)
 	if len(first) != 1 {
 		t.Fatalf("%d copies after the first start, want 1", len(first))
 	}
+	return c, first
+}
+
+// TestStartFindsProcessWithoutPidFile: `lab up` killed between starting a
+// process and writing its pid file must not get a second copy on the next
+// run.
+func TestStartFindsProcessWithoutPidFile(t *testing.T) {
+	l := newTestLayout(t, testLabName(""), 1)
+	c, first := startSleeper(t, l)
 	if err := os.Remove(l.Path("pids", c.name)); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.start(c); err != nil {
+	if err := NewProcesses(l).start(c); err != nil {
 		t.Fatal(err)
 	}
 	if got := processesRunning(c.argv); len(got) != 1 {
 		t.Fatalf("copies after a start without pid file: %v, want only %v", got, first)
 	}
-	if pid, ok := l.running(c.name); !ok || pid != first[0] {
+	if pid, ok := NewProcesses(l).running(c.name); !ok || pid != first[0] {
 		t.Errorf("running(%s) = %d, %v; want %d, true", c.name, pid, ok, first[0])
 	}
 }
@@ -76,20 +84,13 @@ func TestStartFindsProcessWithoutPidFile(t *testing.T) {
 // TestStartAfterExit: a component whose process is gone is started again.
 func TestStartAfterExit(t *testing.T) {
 	l := newTestLayout(t, testLabName(""), 1)
-	c := sleeper(t, l)
-	if err := l.start(c); err != nil {
-		t.Fatal(err)
-	}
-	first := processesRunning(c.argv)
-	if len(first) != 1 {
-		t.Fatalf("%d copies after the first start, want 1", len(first))
-	}
+	c, first := startSleeper(t, l)
 	_ = syscall.Kill(-first[0], syscall.SIGKILL)
 	deadline := time.Now().Add(5 * time.Second)
 	for len(processesRunning(c.argv)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := l.start(c); err != nil {
+	if err := NewProcesses(l).start(c); err != nil {
 		t.Fatal(err)
 	}
 	if got := processesRunning(c.argv); len(got) != 1 || got[0] == first[0] {

@@ -14,12 +14,12 @@ import (
 
 // Status prints the lab's components, nodes and pods.
 func Status(ctx context.Context, stateRoot, name string, out io.Writer) error {
-	l, s, err := Open(stateRoot, name)
+	l, s, err := open(stateRoot, name)
 	if err != nil {
 		return err
 	}
-	l.printComponents(s.BinDir, out)
-	client, err := l.Client()
+	printComponents(l, s.BinDir, out)
+	client, err := Client(l)
 	if err != nil {
 		return err
 	}
@@ -36,15 +36,16 @@ func Status(ctx context.Context, stateRoot, name string, out io.Writer) error {
 }
 
 // printComponents lists every process of the lab and whether it runs.
-func (l Layout) printComponents(binDir string, out io.Writer) {
+func printComponents(l Layout, binDir string, out io.Writer) {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "COMPONENT\tNAMESPACE\tPID\tSTATE")
-	comps := append(l.controlPlane(binDir), component{name: "api-forwarder"})
+	procs := NewProcesses(l)
+	comps := append(controlPlane(l, binDir), component{name: "api-forwarder"})
 	for i := 1; i <= l.Nodes; i++ {
-		comps = append(comps, l.nodeComponents(binDir, i, true)...)
+		comps = append(comps, nodeComponents(l, binDir, i, true)...)
 	}
 	for _, c := range comps {
-		pid, ok := l.running(c.name)
+		pid, ok := procs.running(c.name)
 		state, ns := "stopped", "(machine)"
 		if ok {
 			state = "running"

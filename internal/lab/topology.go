@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
@@ -14,6 +15,52 @@ import (
 	"github.com/flatnet-io/flatnet/internal/sysctl"
 )
 
+// Fixed addressing of a lab; every lab has its own underlay namespace, so two
+// labs never see each other's addresses. A lab is dual-stack, IPv4 first:
+// every host has an address of each family, nodes get a pod CIDR of each
+// (kube-controller-manager cuts a /24 and a /64), pods an IP of each, and
+// Services are IPv4 unless their ipFamilyPolicy asks for IPv6 too.
+var (
+	Underlay    = netip.MustParsePrefix("172.30.0.0/24")
+	OutsideIP   = netip.MustParseAddr("172.30.0.1")
+	APIServerIP = netip.MustParseAddr("172.30.0.2")
+	ClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
+	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
+
+	Underlay6    = netip.MustParsePrefix("fd00:30::/64")
+	OutsideIP6   = netip.MustParseAddr("fd00:30::1")
+	APIServerIP6 = netip.MustParseAddr("fd00:30::2")
+	ClusterCIDR6 = netip.MustParsePrefix("fd00:244::/48")
+	ServiceCIDR6 = netip.MustParsePrefix("fd00:96::/112")
+)
+
+// ClusterCIDRs and ServiceCIDRs are the flag values of a dual-stack lab.
+func ClusterCIDRs() string { return ClusterCIDR.String() + "," + ClusterCIDR6.String() }
+func ServiceCIDRs() string { return ServiceCIDR.String() + "," + ServiceCIDR6.String() }
+
+// MaxNodes is the most nodes a lab has: node i's underlay address ends in
+// 10+i, and .255 is the broadcast address.
+const MaxNodes = 244
+
+// NodeIP is the underlay address of node i.
+func NodeIP(i int) netip.Addr {
+	a := Underlay.Addr().As4()
+	a[3] = byte(10 + i)
+	return netip.AddrFrom4(a)
+}
+
+// NodeIP6 is the IPv6 underlay address of node i: fd00:30::(10+i), the
+// same last digits as its IPv4 address.
+func NodeIP6(i int) netip.Addr {
+	return netip.MustParseAddr(Underlay6.Addr().String() + strconv.Itoa(10+i))
+}
+
+// NodeIPs are node i's InternalIPs, IPv4 first.
+func NodeIPs(i int) []netip.Addr { return []netip.Addr{NodeIP(i), NodeIP6(i)} }
+
+// apiServerURL is how nodes reach the API server.
+func apiServerURL() string { return fmt.Sprintf("https://%s:6443", APIServerIP) }
+
 // host is one machine on the underlay: its namespace role, its address and
 // the name of its port on the switch.
 type host struct {
@@ -22,10 +69,12 @@ type host struct {
 	ip6  netip.Addr
 }
 
-func (l Layout) hosts() []host {
+// hosts are the machines on the underlay of the lab l names: the control
+// plane's and the nodes'.
+func hosts(l Layout) []host {
 	hs := []host{{"cp", APIServerIP, APIServerIP6}}
 	for i := 1; i <= l.Nodes; i++ {
-		hs = append(hs, host{l.NodeName(i), l.NodeIP(i), l.NodeIP6(i)})
+		hs = append(hs, host{l.NodeName(i), NodeIP(i), NodeIP6(i)})
 	}
 	return hs
 }
@@ -35,7 +84,7 @@ func (l Layout) hosts() []host {
 // its address and a default route via the outside host. Every step checks
 // the whole desired state of what it makes and completes what is missing,
 // so a run killed at any point is finished by the next one.
-func (l Layout) ensureTopology() error {
+func ensureTopology(l Layout) error {
 	sw, err := ensureNS(l.NS("switch"))
 	if err != nil {
 		return err
@@ -52,8 +101,8 @@ func (l Layout) ensureTopology() error {
 	if err := sysctl.EnsureIn(sw, "/proc/sys/net/ipv4/ip_forward", "0"); err != nil {
 		return err
 	}
-	for _, h := range l.hosts() {
-		if err := l.ensureHost(swh, br, h); err != nil {
+	for _, h := range hosts(l) {
+		if err := ensureHost(l, swh, br, h); err != nil {
 			return fmt.Errorf("host %s: %w", h.role, err)
 		}
 	}
@@ -63,7 +112,7 @@ func (l Layout) ensureTopology() error {
 // ensureHost wires host h: its veth pair (eth0 inside, h.role on the
 // switch), the switch port up on br0, eth0 up with its addresses, and the
 // default routes.
-func (l Layout) ensureHost(swh *netlink.Handle, br netlink.Link, h host) error {
+func ensureHost(l Layout, swh *netlink.Handle, br netlink.Link, h host) error {
 	path, err := ensureNS(l.NS(h.role))
 	if err != nil {
 		return err

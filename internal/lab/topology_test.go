@@ -18,7 +18,7 @@ import (
 func TestTopologyCompletesHalfDoneHosts(t *testing.T) {
 	requireRoot(t)
 	l := newTestLayout(t, testLabName(""), 2)
-	if err := l.ensureTopology(); err != nil {
+	if err := ensureTopology(l); err != nil {
 		t.Fatal(err)
 	}
 	checkTopology(t, l)
@@ -28,7 +28,7 @@ func TestTopologyCompletesHalfDoneHosts(t *testing.T) {
 			if err := tc.damage(sw, node); err != nil {
 				t.Fatal(err)
 			}
-			if err := l.ensureTopology(); err != nil {
+			if err := ensureTopology(l); err != nil {
 				t.Fatal(err)
 			}
 			checkTopology(t, l)
@@ -41,7 +41,7 @@ func TestTopologyCompletesHalfDoneHosts(t *testing.T) {
 		if err := os.WriteFile(netns.Path(l.NS("node-2")), nil, 0o444); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.ensureTopology(); err != nil {
+		if err := ensureTopology(l); err != nil {
 			t.Fatal(err)
 		}
 		checkTopology(t, l)
@@ -119,7 +119,7 @@ func checkTopology(t *testing.T, l Layout) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range l.hosts() {
+	for _, h := range hosts(l) {
 		port, err := sw.LinkByName(h.role)
 		if err != nil {
 			t.Errorf("%s: switch port: %v", h.role, err)

@@ -17,7 +17,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
-	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
 )
 
@@ -38,7 +37,7 @@ func NetexecDeployment(name string, replicas int32) *appsv1.Deployment {
 				Spec: corev1.PodSpec{
 					TerminationGracePeriodSeconds: ptr.To(int64(5)),
 					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{
-						MaxSkew: 1, TopologyKey: "kubernetes.io/hostname", WhenUnsatisfiable: corev1.DoNotSchedule,
+						MaxSkew: 1, TopologyKey: corev1.LabelHostname, WhenUnsatisfiable: corev1.DoNotSchedule,
 						LabelSelector: &metav1.LabelSelector{MatchLabels: labels},
 					}},
 					Containers: []corev1.Container{{
@@ -56,23 +55,15 @@ func NetexecDeployment(name string, replicas int32) *appsv1.Deployment {
 	}
 }
 
-// PodNetNS is the path of a pod's network namespace in this lab.
-func (l Layout) PodNetNS(p *corev1.Pod) string {
-	if p.Spec.HostNetwork {
-		return netns.Path(l.NS(p.Spec.NodeName))
-	}
-	return netns.Path(l.PodNS(p.Spec.NodeName, string(p.UID)))
-}
-
 // Traffic deploys six netexec pods (namespace flatnet-demo) and shows
 // traffic between them: each pod asks a pod on another node, over HTTP and
 // UDP, which address it came from; the answer is the asking pod's own.
 func Traffic(ctx context.Context, stateRoot, name string, out io.Writer) error {
-	l, _, err := Open(stateRoot, name)
+	l, err := Open(stateRoot, name)
 	if err != nil {
 		return err
 	}
-	c, err := l.Client()
+	c, err := Client(l)
 	if err != nil {
 		return err
 	}

@@ -2,24 +2,18 @@ package lab
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
-
-	"github.com/flatnet-io/flatnet/internal/netns"
 )
 
 // Options configure `flatnet lab up`.
@@ -33,51 +27,9 @@ type Options struct {
 	Out       io.Writer
 }
 
-// saved is what a lab remembers about itself between commands.
-type saved struct {
-	Nodes   int    `json:"nodes"`
-	BinDir  string `json:"binDir"`
-	APIPort int    `json:"apiPort"`
-}
-
-func (l Layout) load() (saved, error) {
-	var s saved
-	b, err := os.ReadFile(l.Path("lab.json"))
-	if err != nil {
-		return s, err
-	}
-	return s, json.Unmarshal(b, &s)
-}
-
-func (l Layout) save(s saved) error {
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
-	return writeFile(l.Path("lab.json"), b, 0o644)
-}
-
-// Open returns the layout of an existing lab.
-func Open(stateRoot, name string) (Layout, saved, error) {
-	l, err := NewLayout(stateRoot, name, 0)
-	if err != nil {
-		return l, saved{}, err
-	}
-	s, err := l.load()
-	if err != nil {
-		return l, s, fmt.Errorf("lab %q is not up (no %s): %w", name, l.Path("lab.json"), err)
-	}
-	l.Nodes = s.Nodes
-	return l, s, nil
-}
-
 func step(out io.Writer, format string, args ...any) {
 	fmt.Fprintf(out, "==> "+format+"\n", args...)
 }
-
-// MaxNodes is the most nodes a lab has: node i's underlay address ends in
-// 10+i, and .255 is the broadcast address.
-const MaxNodes = 244
 
 // Validate reports every problem with the options at once.
 func (o Options) Validate() error {
@@ -105,28 +57,31 @@ func Up(ctx context.Context, o Options) error {
 	if err := checkBinaries(o); err != nil {
 		return err
 	}
-	unlock, err := l.lock()
+	unlock, err := lock(l)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	s, err := l.record(o)
+	s, err := record(l, o)
 	if err != nil {
 		return err
 	}
 	step(o.Out, "certificates and kubeconfigs in %s", l.Path("pki"))
-	if err := l.ensurePKI(); err != nil {
+	if err := ensurePKI(l); err != nil {
 		return fmt.Errorf("PKI: %w", err)
 	}
+	if err := ensureKubeconfigs(l); err != nil {
+		return fmt.Errorf("kubeconfigs: %w", err)
+	}
 	step(o.Out, "underlay: namespaces %s{switch,cp,node-1..%d} on bridge br0 (%s, %s)", l.Prefix(), o.Nodes, Underlay, Underlay6)
-	if err := l.ensureTopology(); err != nil {
+	if err := ensureTopology(l); err != nil {
 		return fmt.Errorf("topology: %w", err)
 	}
-	client, err := l.upControlPlane(ctx, o, &s)
+	client, err := upControlPlane(ctx, l, o, &s)
 	if err != nil {
 		return err
 	}
-	if err := l.upNodes(ctx, client, o); err != nil {
+	if err := upNodes(ctx, l, client, o); err != nil {
 		return err
 	}
 	kubectl := binPath(o.BinDir, "kubectl")
@@ -152,31 +107,21 @@ func checkBinaries(o Options) error {
 	return nil
 }
 
-// record writes lab.json for o, first thing in the state directory; a lab
-// that is up keeps its number of nodes.
-func (l Layout) record(o Options) (saved, error) {
-	s, err := l.load()
-	if err == nil && s.Nodes != o.Nodes {
-		return s, fmt.Errorf("lab %q is up with %d nodes; `flatnet lab down --name %s` first to change that", o.Name, s.Nodes, o.Name)
-	}
-	s.Nodes, s.BinDir = o.Nodes, o.BinDir
-	return s, l.save(s)
-}
-
 // upControlPlane starts etcd, the API server and its forwarder, then, once
 // the API server is ready, the controllers and flatnet's RBAC.
-func (l Layout) upControlPlane(ctx context.Context, o Options, s *saved) (*kubernetes.Clientset, error) {
+func upControlPlane(ctx context.Context, l Layout, o Options, s *saved) (*kubernetes.Clientset, error) {
 	step(o.Out, "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (logs in %s)", l.Path("logs"))
-	cp := l.controlPlane(o.BinDir)
+	procs := NewProcesses(l)
+	cp := controlPlane(l, o.BinDir)
 	for _, c := range cp[:2] { // etcd, kube-apiserver
-		if err := l.start(c); err != nil {
+		if err := procs.start(c); err != nil {
 			return nil, err
 		}
 	}
-	if err := l.ensureForwarder(o.BinDir, s); err != nil {
+	if err := ensureForwarder(l, o.BinDir, s); err != nil {
 		return nil, err
 	}
-	client, err := l.Client()
+	client, err := Client(l)
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +130,7 @@ func (l Layout) upControlPlane(ctx context.Context, o Options, s *saved) (*kuber
 	}
 	// The controllers need the RBAC the API server bootstraps once ready.
 	for _, c := range cp[2:] {
-		if err := l.start(c); err != nil {
+		if err := procs.start(c); err != nil {
 			return nil, err
 		}
 	}
@@ -197,53 +142,20 @@ func (l Layout) upControlPlane(ctx context.Context, o Options, s *saved) (*kuber
 
 // upNodes starts each node's flatnetd and lab kubelet and waits until every
 // node is Ready.
-func (l Layout) upNodes(ctx context.Context, client *kubernetes.Clientset, o Options) error {
+func upNodes(ctx context.Context, l Layout, client *kubernetes.Clientset, o Options) error {
 	step(o.Out, "nodes: lab kubelet and flatnetd on each of %d nodes", o.Nodes)
+	procs := NewProcesses(l)
 	for i := 1; i <= o.Nodes; i++ {
 		if err := os.MkdirAll(l.NodeDir(i), 0o755); err != nil {
 			return err
 		}
-		for _, c := range l.nodeComponents(o.BinDir, i, !o.NoProxy) {
-			if err := l.start(c); err != nil {
+		for _, c := range nodeComponents(l, o.BinDir, i, !o.NoProxy) {
+			if err := procs.start(c); err != nil {
 				return err
 			}
 		}
 	}
 	return waitNodesReady(ctx, client, o.Nodes, 3*time.Minute)
-}
-
-// ensureForwarder starts the loopback listener that carries kubectl's
-// connections into the control-plane namespace, and points the admin
-// kubeconfig at it.
-func (l Layout) ensureForwarder(binDir string, s *saved) error {
-	if s.APIPort == 0 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		s.APIPort = ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if err := l.save(*s); err != nil {
-			return err
-		}
-	}
-	err := l.start(component{"api-forwarder", "", []string{binPath(binDir, "flatnet"), "lab", "forward",
-		"--listen=127.0.0.1:" + strconv.Itoa(s.APIPort), "--netns=" + netns.Path(l.NS("cp")),
-		"--to=" + APIServerIP.String() + ":6443", "--state-dir=" + l.Dir}})
-	if err != nil {
-		return err
-	}
-	return l.writeKubeconfig("admin", "https://127.0.0.1:"+strconv.Itoa(s.APIPort))
-}
-
-// Client is an admin client of the lab's API server (through the forwarder).
-func (l Layout) Client() (*kubernetes.Clientset, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", l.Kubeconfig("admin"))
-	if err != nil {
-		return nil, err
-	}
-	cfg.QPS, cfg.Burst = 100, 200
-	return kubernetes.NewForConfig(cfg)
 }
 
 func waitAPIServer(ctx context.Context, c *kubernetes.Clientset, timeout time.Duration) error {

@@ -122,33 +122,23 @@ func netexec(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		go func() { <-shutdown.Done(); pc.Close() }()
-		go serveUDP(pc)
+		go func() { _ = ServePackets(shutdown, pc, netexecUDP) }()
 	}
 	return serveHTTP(shutdown, *httpPort, mux)
 }
 
-func serveUDP(pc net.PacketConn) {
-	buf := make([]byte, 2048)
-	for {
-		n, addr, err := pc.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		cmd := strings.TrimSpace(string(buf[:n]))
-		var reply string
-		switch {
-		case cmd == "hostname":
-			reply = podName()
-		case cmd == "clientip":
-			reply = addr.String()
-		case strings.HasPrefix(cmd, "echo "):
-			reply = strings.TrimPrefix(cmd, "echo ")
-		default:
-			continue
-		}
-		_, _ = pc.WriteTo([]byte(reply), addr)
+// netexecUDP answers netexec's UDP commands; others get no answer.
+func netexecUDP(msg []byte, from net.Addr) ([]byte, bool) {
+	cmd := strings.TrimSpace(string(msg))
+	switch {
+	case cmd == "hostname":
+		return []byte(podName()), true
+	case cmd == "clientip":
+		return []byte(from.String()), true
+	case strings.HasPrefix(cmd, "echo "):
+		return []byte(strings.TrimPrefix(cmd, "echo ")), true
 	}
+	return nil, false
 }
 
 // serveHostname is agnhost serve-hostname: the pod's name over HTTP (and
@@ -168,16 +158,8 @@ func serveHostname(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		go func() { <-ctx.Done(); pc.Close() }()
 		go func() {
-			buf := make([]byte, 1024)
-			for {
-				_, addr, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				_, _ = pc.WriteTo([]byte(name), addr)
-			}
+			_ = ServePackets(ctx, pc, func([]byte, net.Addr) ([]byte, bool) { return []byte(name), true })
 		}()
 	}
 	if *useTCP {
@@ -185,15 +167,10 @@ func serveHostname(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		go func() { <-ctx.Done(); ln.Close() }()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return nil
-			}
+		return Serve(ctx, ln, func(c net.Conn) {
 			_, _ = io.WriteString(c, name)
 			c.Close()
-		}
+		})
 	}
 	if *useHTTP {
 		return serveHTTP(ctx, *port, textHandler(name))

@@ -11,6 +11,10 @@
 // Any other image runs its command and args when that program exists on the
 // machine; otherwise the container cannot run and the pod fails with the
 // reason. Built-in programs run as `flatnet workload <program> [args]`.
+//
+// Serve and ServePackets are the accept and read loops their servers run
+// until their context ends; the lab's API forwarder and the real-kernel
+// tests' servers run on them too.
 package workload
 
 import (

@@ -19,9 +19,9 @@ import (
 // and leaves no interface or IPAM record behind.
 func TestBadInput(t *testing.T) {
 	n := newNode(t, "1.1.0", flatnetConf)
-	p := n.pod("a")
+	p := n.Pod("a")
 	good := func(mod string) string {
-		return fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "fntest", "type": "flatnet-cni", "bridge": "fn0", %s "ipam": {"ranges": [[{"subnet": "10.99.0.0/24"}]], "dataDir": %q}}`, mod, n.dataDir)
+		return fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "fntest", "type": "flatnet-cni", "bridge": "fn0", %s "ipam": {"ranges": [[{"subnet": "10.99.0.0/24"}]], "dataDir": %q}}`, mod, n.DataDir)
 	}
 	env := func(drop string, override ...string) map[string]string {
 		e := map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "bad", "CNI_NETNS": p.NetNS, "CNI_IFNAME": "eth0", "CNI_PATH": suite.PluginDir}
@@ -61,7 +61,7 @@ func TestBadInput(t *testing.T) {
 			if e.Code != tc.code || !strings.Contains(e.Msg+" "+e.Details, tc.msg) {
 				t.Fatalf("got code %d %q (%s), want %d containing %q", e.Code, e.Msg, e.Details, tc.code, tc.msg)
 			}
-			n.assertClean()
+			n.AssertClean()
 		})
 	}
 
@@ -71,7 +71,7 @@ func TestBadInput(t *testing.T) {
 		if out, err := n.execPlugin(t, ok, tiny); err != nil {
 			t.Fatalf("first ADD: %v %s", err, out)
 		}
-		second := n.pod("b")
+		second := n.Pod("b")
 		out, err := n.execPlugin(t, env("", "CNI_CONTAINERID", "second", "CNI_NETNS", second.NetNS), tiny)
 		var e types.Error
 		if err == nil || json.Unmarshal(out, &e) != nil || e.Code < 100 || !strings.Contains(e.Msg, "10.99.0.0/30") {
@@ -84,17 +84,17 @@ func TestBadInput(t *testing.T) {
 		if out, err := n.execPlugin(t, del, tiny); err != nil {
 			t.Fatalf("DEL: %v %s", err, out)
 		}
-		n.assertClean()
+		n.AssertClean()
 	})
 }
 
 func TestStatus(t *testing.T) {
 	n := newNode(t, "1.1.0", flatnetConf)
-	if err := n.rt.Status(context.Background()); err != nil {
+	if err := n.RT.Status(context.Background()); err != nil {
 		t.Fatalf("STATUS on a usable store: %v", err)
 	}
 	// A data directory that cannot be created makes the plugin unavailable.
-	blocker := filepath.Join(n.dir, "file")
+	blocker := filepath.Join(n.Dir, "file")
 	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -128,9 +128,9 @@ func TestStatus(t *testing.T) {
 // plugin works again.
 func TestCorruptStoreIsReported(t *testing.T) {
 	n := newNode(t, "1.1.0", flatnetConf)
-	a, b := n.pod("a"), n.pod("b")
-	n.add(a) // generation 1, in state.0
-	slot := filepath.Join(n.dataDir, "fntest", "state.0")
+	a, b := n.Pod("a"), n.Pod("b")
+	n.Add(a) // generation 1, in state.0
+	slot := filepath.Join(n.DataDir, "fntest", "state.0")
 	good, err := os.ReadFile(slot)
 	if err != nil {
 		t.Fatal(err)
@@ -140,20 +140,20 @@ func TestCorruptStoreIsReported(t *testing.T) {
 	if err := os.WriteFile(slot, bad, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err = n.rt.Add(context.Background(), b)
+	_, err = n.RT.Add(context.Background(), b)
 	if e := cniError(t, err); e.Code != types.ErrIOFailure || !strings.Contains(e.Msg, slot) {
 		t.Fatalf("ADD with a corrupt store: code %d %q, want %d naming %s", e.Code, e.Msg, types.ErrIOFailure, slot)
 	}
-	if e := cniError(t, n.rt.Status(context.Background())); e.Code != types.ErrPluginNotAvailable {
+	if e := cniError(t, n.RT.Status(context.Background())); e.Code != types.ErrPluginNotAvailable {
 		t.Fatalf("STATUS with a corrupt store: code %d %q", e.Code, e.Msg)
 	}
-	if v := n.pluginVeths(); len(v) != 1 {
+	if v := n.PluginVeths(); len(v) != 1 {
 		t.Fatalf("host veths after the refused ADD: %v", v)
 	}
 	if err := os.WriteFile(slot, good, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	n.del(b)
-	n.del(a)
-	n.assertClean()
+	n.Del(b)
+	n.Del(a)
+	n.AssertClean()
 }

@@ -4,14 +4,13 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
-
 	"github.com/flatnet-io/flatnet/internal/cniruntime"
+	"github.com/flatnet-io/flatnet/internal/cnitest"
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
 )
@@ -26,12 +25,12 @@ func TestChainedPortmapAndBandwidth(t *testing.T) {
 			`, {"type": "portmap", "backend": "nftables", "capabilities": {"portMappings": true}}` +
 			`, {"type": "bandwidth", "capabilities": {"bandwidth": true}}`
 	})
-	outside := n.outsideHost(t)
+	outside := n.Outside(cnitest.Uplink{Node: netip.MustParsePrefix("192.168.77.1/24"), Outside: netip.MustParsePrefix("192.168.77.2/24")})
 
-	p := n.pod("web")
+	p := n.Pod("web")
 	p.PortMappings = []cniruntime.PortMapping{{HostPort: 30080, ContainerPort: 8080, Protocol: "tcp"}}
 	p.Bandwidth = &cniruntime.Bandwidth{IngressRate: 100_000_000, IngressBurst: 1_000_000, EgressRate: 100_000_000, EgressBurst: 1_000_000}
-	r := n.add(p)
+	r := n.Add(p)
 	ip := podIP(t, r)
 	if len(r.Interfaces) < 2 || r.Interfaces[1].Sandbox != p.NetNS {
 		t.Fatalf("chained result lost flatnet's interfaces: %s", mustJSON(r.Interfaces))
@@ -51,52 +50,15 @@ func TestChainedPortmapAndBandwidth(t *testing.T) {
 	if src := <-seen; !strings.HasPrefix(src, "192.168.77.2:") {
 		t.Errorf("pod saw client %s, want the outside host 192.168.77.2", src)
 	}
-	if err := n.rt.Check(context.Background(), p); err != nil {
+	if err := n.RT.Check(context.Background(), p); err != nil {
 		t.Fatalf("CHECK through the chain: %v", err)
 	}
-	n.del(p)
-	n.del(p)
-	n.assertClean()
+	n.Del(p)
+	n.Del(p)
+	n.AssertClean()
 	if _, err := probe.ReadAll(outside, "192.168.77.1:30080", 2*time.Second); err == nil {
 		t.Fatal("host port still forwards after DEL")
 	}
-}
-
-// outsideHost makes a namespace linked to the node by a veth pair: node
-// 192.168.77.1/24, outside 192.168.77.2/24. It returns its path.
-func (n *node) outsideHost(t *testing.T) string {
-	t.Helper()
-	name := n.name + "-outside"
-	path, err := netns.Create(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = netns.Delete(name) })
-	outNS, err := vnetns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer outNS.Close()
-	h := n.handle()
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = "fn-uplink"
-	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: "eth0", PeerNamespace: netlink.NsFd(outNS)}
-	if err := h.LinkAdd(veth); err != nil {
-		t.Fatal(err)
-	}
-	configure := func(h *netlink.Handle, name, cidr string) {
-		l := mustLink(t, h, name)
-		addr, _ := netlink.ParseAddr(cidr)
-		if err := h.AddrAdd(l, addr); err != nil {
-			t.Fatal(err)
-		}
-		if err := h.LinkSetUp(l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	configure(h, "fn-uplink", "192.168.77.1/24")
-	configure(handleAt(t, path), "eth0", "192.168.77.2/24")
-	return path
 }
 
 // serveTCP listens inside a namespace and answers one connection with reply;

@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/flatnet-io/flatnet/internal/cniruntime"
+	"github.com/flatnet-io/flatnet/internal/cnitest"
 	"github.com/flatnet-io/flatnet/internal/podnet"
 )
 
@@ -29,7 +30,7 @@ import (
 // when its last ADD completed and no DEL started since. A killed ADD or a
 // DEL, killed or not, leaves it invalid, so GC must release whatever it holds.
 type faultRun struct {
-	n     *node
+	n     node
 	pods  []cniruntime.Pod
 	h     []*netlink.Handle // on each pod's namespace
 	valid []bool
@@ -56,8 +57,8 @@ func TestKillDuringAddAndDel(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(seed, 0))
 	r := &faultRun{n: n, valid: make([]bool, pods), addr: make([]string, pods), count: map[string]int{}}
 	for i := range pods {
-		r.pods = append(r.pods, n.pod(fmt.Sprintf("k%d", i)))
-		r.h = append(r.h, handleAt(t, r.pods[i].NetNS))
+		r.pods = append(r.pods, n.Pod(fmt.Sprintf("k%d", i)))
+		r.h = append(r.h, cnitest.HandleAt(t, r.pods[i].NetNS))
 	}
 	start := time.Now()
 	runs := 0
@@ -86,7 +87,7 @@ func (r *faultRun) step(t *testing.T, k int, verb string, delay time.Duration) {
 	p := r.pods[k]
 	env := map[string]string{"CNI_COMMAND": verb, "CNI_CONTAINERID": p.ID, "CNI_NETNS": p.NetNS, "CNI_IFNAME": "eth0", "CNI_PATH": suite.PluginDir}
 	before := r.n.slotHeaders(t)
-	out, killed, err := r.n.runKilled(pluginCmd(env, pluginStdin(r.n.dataDir)), delay)
+	out, killed, err := r.n.runKilled(pluginCmd(env, pluginStdin(r.n.DataDir)), delay)
 	r.valid[k], r.addr[k] = false, ""
 	switch {
 	case killed:
@@ -114,7 +115,7 @@ func (r *faultRun) step(t *testing.T, k int, verb string, delay time.Duration) {
 
 // runKilled starts cmd in the node and SIGKILLs it after delay; killed says
 // whether the signal ended it (false: it finished first).
-func (n *node) runKilled(cmd *exec.Cmd, delay time.Duration) (out []byte, killed bool, err error) {
+func (n node) runKilled(cmd *exec.Cmd, delay time.Duration) (out []byte, killed bool, err error) {
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	if err := n.start(cmd); err != nil {
@@ -134,11 +135,11 @@ func (n *node) runKilled(cmd *exec.Cmd, delay time.Duration) (out []byte, killed
 
 // slotHeaders is the first line of each IPAM state slot: a kill that
 // changes them and leaves an intent header stopped a save half-way.
-func (n *node) slotHeaders(t *testing.T) string {
+func (n node) slotHeaders(t *testing.T) string {
 	t.Helper()
 	var out string
 	for _, slot := range []string{"state.0", "state.1"} {
-		b, err := os.ReadFile(filepath.Join(n.dataDir, "fntest", slot))
+		b, err := os.ReadFile(filepath.Join(n.DataDir, "fntest", slot))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			t.Fatal(err)
 		}
@@ -162,11 +163,11 @@ func (r *faultRun) gcAndCheck(t *testing.T) {
 			wantVeths = append(wantVeths, podnet.HostVethName("fntest", p.ID, "eth0"))
 		}
 	}
-	if err := r.n.rt.GC(context.Background(), valid); err != nil {
+	if err := r.n.RT.GC(context.Background(), valid); err != nil {
 		t.Fatalf("GC: %v", err)
 	}
 	got := map[string]string{}
-	for _, rec := range r.n.records() { // the store loads
+	for _, rec := range r.n.Records() { // the store loads
 		addr, owner, _ := strings.Cut(rec, " ")
 		if prev, dup := got[owner]; dup {
 			t.Fatalf("%s holds %s and %s", owner, prev, addr)
@@ -177,17 +178,17 @@ func (r *faultRun) gcAndCheck(t *testing.T) {
 		t.Fatalf("claims after GC %v, want exactly the valid attachments' %v", got, want)
 	}
 	r.checkPodAddresses(t)
-	veths := r.n.pluginVeths()
+	veths := r.n.PluginVeths()
 	slices.Sort(veths)
 	slices.Sort(wantVeths)
 	if !slices.Equal(veths, wantVeths) {
 		t.Fatalf("host veths after GC %v, want the valid attachments' %v", veths, wantVeths)
 	}
 	for _, p := range r.pods {
-		r.n.del(p)
+		r.n.Del(p)
 	}
-	r.n.assertClean()
-	if links, err := r.n.handle().LinkList(); err != nil || len(links) != 2 { // lo and the bridge
+	r.n.AssertClean()
+	if links, err := r.n.Handle().LinkList(); err != nil || len(links) != 2 { // lo and the bridge
 		t.Fatalf("links left in the node: %d, %v", len(links), err)
 	}
 }
@@ -198,7 +199,7 @@ func (r *faultRun) gcAndCheck(t *testing.T) {
 func (r *faultRun) checkClaimed(t *testing.T) {
 	t.Helper()
 	owner := map[string]string{}
-	for _, rec := range r.n.records() {
+	for _, rec := range r.n.Records() {
 		addr, o, _ := strings.Cut(rec, " ")
 		owner[addr] = o
 	}

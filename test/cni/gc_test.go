@@ -11,9 +11,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/flatnet-io/flatnet/internal/cni"
 	"github.com/flatnet-io/flatnet/internal/cniruntime"
-	"github.com/flatnet-io/flatnet/internal/ipam"
 	"github.com/flatnet-io/flatnet/internal/podnet"
 	"github.com/flatnet-io/flatnet/internal/probe"
 )
@@ -24,45 +22,33 @@ import (
 // valid attachment.
 func TestGCMixedValidAndStale(t *testing.T) {
 	n := newNode(t, "1.1.0", flatnetConf)
-	a, b, cached, forgotten := n.pod("a"), n.pod("b"), n.pod("cached"), n.pod("forgotten")
-	ipA, ipB := podIP(t, n.add(a)), podIP(t, n.add(b))
-	n.add(cached)
-	n.add(forgotten)
+	a, b, cached, forgotten := n.Pod("a"), n.Pod("b"), n.Pod("cached"), n.Pod("forgotten")
+	ipA, ipB := podIP(t, n.Add(a)), podIP(t, n.Add(b))
+	n.Add(cached)
+	n.Add(forgotten)
 	// The runtime lost its cache entry for "forgotten": only the plugin can clean it.
-	matches, _ := filepath.Glob(filepath.Join(n.dir, "cache", "results", "*"+forgotten.ID+"*"))
+	matches, _ := filepath.Glob(filepath.Join(n.Dir, "cache", "results", "*"+forgotten.ID+"*"))
 	if len(matches) != 1 {
 		t.Fatalf("cache entries for %s: %v", forgotten.ID, matches)
 	}
 	if err := os.Remove(matches[0]); err != nil {
 		t.Fatal(err)
 	}
-	// A plugin that crashed right after allocating for "crashed".
-	cfg, err := cni.ParseConfig([]byte(`{"name":"fntest","ipam":{"ranges":[[{"subnet":"10.99.0.0/24"}]],"dataDir":"` + n.dataDir + `"}}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	alloc, err := ipam.New(cfg.IPAM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer alloc.Close()
-	if _, err := alloc.Allocate(ipam.Owner{ContainerID: "crashed", IfName: "eth0"}, nil); err != nil {
-		t.Fatal(err)
-	}
+	n.allocateAsIfCrashed(t, "crashed")
 
 	valid := []types.GCAttachment{{ContainerID: a.ID, IfName: "eth0"}, {ContainerID: b.ID, IfName: "eth0"}}
-	if err := n.rt.GC(context.Background(), valid); err != nil {
+	if err := n.RT.GC(context.Background(), valid); err != nil {
 		t.Fatalf("GC: %v", err)
 	}
 
 	wantVeths := []string{podnet.HostVethName("fntest", a.ID, "eth0"), podnet.HostVethName("fntest", b.ID, "eth0")}
-	gotVeths := n.pluginVeths()
+	gotVeths := n.PluginVeths()
 	slices.Sort(wantVeths)
 	slices.Sort(gotVeths)
 	if !slices.Equal(gotVeths, wantVeths) {
 		t.Fatalf("veths after GC %v, want only those of a and b %v", gotVeths, wantVeths)
 	}
-	recs := n.records()
+	recs := n.Records()
 	slices.Sort(recs)
 	if want := []string{ipA + " " + a.ID + ":eth0", ipB + " " + b.ID + ":eth0"}; !slices.Equal(recs, want) {
 		t.Fatalf("IPAM records after GC: %v, want only a's and b's", recs)
@@ -72,11 +58,11 @@ func TestGCMixedValidAndStale(t *testing.T) {
 		t.Fatalf("a -> b after GC: %v", err)
 	}
 	for _, p := range []cniruntime.Pod{a, b} {
-		if err := n.rt.Check(context.Background(), p); err != nil {
+		if err := n.RT.Check(context.Background(), p); err != nil {
 			t.Fatalf("CHECK %s after GC: %v", p.Name, err)
 		}
 	}
-	n.del(a)
-	n.del(b)
-	n.assertClean()
+	n.Del(a)
+	n.Del(b)
+	n.AssertClean()
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/flatnet-io/flatnet/internal/cni"
-	"github.com/flatnet-io/flatnet/internal/ipam"
+	"github.com/flatnet-io/flatnet/internal/cnitest"
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/podnet"
 	"github.com/flatnet-io/flatnet/internal/probe"
@@ -26,15 +26,15 @@ func TestLifecycleEveryVersion(t *testing.T) {
 	for _, v := range cni.SupportedVersions {
 		t.Run(v, func(t *testing.T) {
 			n := newNode(t, v, flatnetConf)
-			p := n.pod("a")
-			res, err := n.rt.Add(context.Background(), p)
+			p := n.Pod("a")
+			res, err := n.RT.Add(context.Background(), p)
 			if err != nil {
 				t.Fatalf("ADD: %v", err)
 			}
 			if res.Version() != v {
 				t.Fatalf("result version %s, want %s", res.Version(), v)
 			}
-			r := n.add(p) // a repeated ADD keeps the address
+			r := n.Add(p) // a repeated ADD keeps the address
 			if got := podIP(t, r); got != "10.99.0.2" {
 				t.Fatalf("pod IP %s, want 10.99.0.2", got)
 			}
@@ -44,7 +44,7 @@ func TestLifecycleEveryVersion(t *testing.T) {
 			if len(r.Routes) != 1 || r.Routes[0].Dst.String() != "0.0.0.0/0" || r.IPs[0].Gateway.String() != "10.99.0.1" {
 				t.Fatalf("routes %s, ips %s", mustJSON(r.Routes), mustJSON(r.IPs))
 			}
-			checkErr := n.rt.Check(context.Background(), p)
+			checkErr := n.RT.Check(context.Background(), p)
 			if ok, _ := version.GreaterThanOrEqualTo(v, "0.4.0"); ok {
 				if checkErr != nil {
 					t.Fatalf("CHECK right after ADD: %v", checkErr)
@@ -52,17 +52,17 @@ func TestLifecycleEveryVersion(t *testing.T) {
 			} else if checkErr == nil {
 				t.Fatalf("CHECK accepted for version %s, which has no CHECK", v)
 			}
-			n.del(p)
-			n.del(p) // idempotent
-			n.assertClean()
+			n.Del(p)
+			n.Del(p) // idempotent
+			n.AssertClean()
 		})
 	}
 }
 
 func TestPodsReachEachOtherAndTheGateway(t *testing.T) {
 	n := newNode(t, "1.1.0", flatnetConf)
-	a, b := n.pod("a"), n.pod("b")
-	ipA, ipB := podIP(t, n.add(a)), podIP(t, n.add(b))
+	a, b := n.Pod("a"), n.Pod("b")
+	ipA, ipB := podIP(t, n.Add(a)), podIP(t, n.Add(b))
 	for _, c := range []struct {
 		from string
 		to   string
@@ -72,7 +72,7 @@ func TestPodsReachEachOtherAndTheGateway(t *testing.T) {
 		}
 	}
 	// Node side: the bridge holds the gateway, forwarding is on, ports hairpin.
-	h := n.handle()
+	h := n.Handle()
 	br, err := h.LinkByName("fn0")
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +81,7 @@ func TestPodsReachEachOtherAndTheGateway(t *testing.T) {
 	if len(addrs) != 1 || addrs[0].IPNet.String() != "10.99.0.1/24" {
 		t.Fatalf("bridge addresses %v", addrs)
 	}
-	for _, name := range n.pluginVeths() {
+	for _, name := range n.PluginVeths() {
 		l, err := h.LinkByName(name)
 		if err != nil {
 			t.Fatal(err)
@@ -93,50 +93,38 @@ func TestPodsReachEachOtherAndTheGateway(t *testing.T) {
 			t.Errorf("%s is not a port of fn0", name)
 		}
 	}
-	n.del(a)
-	n.del(b)
-	n.assertClean()
+	n.Del(a)
+	n.Del(b)
+	n.AssertClean()
 }
 
 // A plugin killed after the IPAM allocation but before the veth was made,
 // then the runtime retrying ADD: same address, nothing leaked.
 func TestRepeatedAddAfterCrashGetsSameIP(t *testing.T) {
 	n := newNode(t, "1.1.0", flatnetConf)
-	p := n.pod("a")
-	cfg, err := cni.ParseConfig([]byte(`{"name": "fntest", ` + strings.TrimPrefix(flatnetConf(n.dataDir), "{")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	alloc, err := ipam.New(cfg.IPAM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer alloc.Close()
-	crashed, err := alloc.Allocate(ipam.Owner{ContainerID: p.ID, IfName: "eth0"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := n.add(p)
-	if podIP(t, r) != crashed[0].Addr.String() {
-		t.Fatalf("retry got %s, the crashed ADD had %s", podIP(t, r), crashed[0].Addr)
+	p := n.Pod("a")
+	crashed := n.allocateAsIfCrashed(t, p.ID)
+	r := n.Add(p)
+	if podIP(t, r) != crashed.String() {
+		t.Fatalf("retry got %s, the crashed ADD had %s", podIP(t, r), crashed)
 	}
 	// Crash after the veth was made (no cached result): ADD again replaces it.
-	r2 := n.add(p)
-	if podIP(t, r2) != podIP(t, r) || len(n.pluginVeths()) != 1 || len(n.records()) != 1 {
-		t.Fatalf("second retry: ip %s, veths %v, records %v", podIP(t, r2), n.pluginVeths(), n.records())
+	r2 := n.Add(p)
+	if podIP(t, r2) != podIP(t, r) || len(n.PluginVeths()) != 1 || len(n.Records()) != 1 {
+		t.Fatalf("second retry: ip %s, veths %v, records %v", podIP(t, r2), n.PluginVeths(), n.Records())
 	}
-	if err := n.rt.Check(context.Background(), p); err != nil {
+	if err := n.RT.Check(context.Background(), p); err != nil {
 		t.Fatalf("CHECK after retries: %v", err)
 	}
-	n.del(p)
-	n.assertClean()
+	n.Del(p)
+	n.AssertClean()
 }
 
 func TestCheckReportsDrift(t *testing.T) {
 	n := newNode(t, "1.1.0", flatnetConf)
-	p := n.pod("a")
-	r := n.add(p)
-	h := handleAt(t, p.NetNS)
+	p := n.Pod("a")
+	r := n.Add(p)
+	h := cnitest.HandleAt(t, p.NetNS)
 	eth0, err := h.LinkByName("eth0")
 	if err != nil {
 		t.Fatal(err)
@@ -145,19 +133,19 @@ func TestCheckReportsDrift(t *testing.T) {
 	if err := h.AddrDel(eth0, addr); err != nil {
 		t.Fatal(err)
 	}
-	err = n.rt.Check(context.Background(), p)
+	err = n.RT.Check(context.Background(), p)
 	if e := cniError(t, err); e.Code != cni.ErrAttachmentDrift || !strings.Contains(e.Msg, "lacks address 10.99.0.2/24") || !strings.Contains(e.Msg, "route to 0.0.0.0/0") {
 		t.Fatalf("CHECK after removing the address: code %d %q", e.Code, e.Msg)
 	}
 	// The host side drifting is reported too.
-	if err := n.handle().LinkSetNoMaster(mustLink(t, n.handle(), podnet.HostVethName("fntest", p.ID, "eth0"))); err != nil {
+	if err := n.Handle().LinkSetNoMaster(mustLink(t, n.Handle(), podnet.HostVethName("fntest", p.ID, "eth0"))); err != nil {
 		t.Fatal(err)
 	}
-	if e := cniError(t, n.rt.Check(context.Background(), p)); !strings.Contains(e.Msg, "not a port of bridge fn0") {
+	if e := cniError(t, n.RT.Check(context.Background(), p)); !strings.Contains(e.Msg, "not a port of bridge fn0") {
 		t.Fatalf("CHECK after unplugging the veth: %q", e.Msg)
 	}
-	n.del(p)
-	n.assertClean()
+	n.Del(p)
+	n.AssertClean()
 }
 
 func mustLink(t *testing.T, h *netlink.Handle, name string) netlink.Link {
@@ -173,27 +161,27 @@ func mustLink(t *testing.T, h *netlink.Handle, name string) netlink.Link {
 // already gone (CNI spec: DEL tolerates missing things).
 func TestDelToleratesMissingNamespace(t *testing.T) {
 	n := newNode(t, "1.1.0", flatnetConf)
-	p := n.pod("gone")
-	n.add(p)
+	p := n.Pod("gone")
+	n.Add(p)
 	p.NetNS = "/run/netns/" + suite.Prefix + "does-not-exist"
-	n.del(p)
+	n.Del(p)
 	p.NetNS = ""
-	n.del(p)
-	n.assertClean()
+	n.Del(p)
+	n.AssertClean()
 
-	deleted, unlinked := n.pod("deleted"), n.pod("unlinked")
-	n.add(deleted)
-	n.add(unlinked)
-	if err := netns.Delete(n.name + "-deleted"); err != nil { // the veth pair goes with it
+	deleted, unlinked := n.Pod("deleted"), n.Pod("unlinked")
+	n.Add(deleted)
+	n.Add(unlinked)
+	if err := netns.Delete(n.Name + "-deleted"); err != nil { // the veth pair goes with it
 		t.Fatal(err)
 	}
-	h := n.handle()
+	h := n.Handle()
 	if err := h.LinkDel(mustLink(t, h, podnet.HostVethName("fntest", unlinked.ID, "eth0"))); err != nil {
 		t.Fatal(err)
 	}
-	n.del(deleted)
-	n.del(unlinked)
-	n.assertClean()
+	n.Del(deleted)
+	n.Del(unlinked)
+	n.AssertClean()
 }
 
 // The "ips" and "mac" capabilities, passed by the runtime through libcni.
@@ -201,25 +189,25 @@ func TestCapabilitiesIPsAndMAC(t *testing.T) {
 	n := newNode(t, "1.1.0", func(dataDir string) string {
 		return strings.Replace(flatnetConf(dataDir), `"type": "flatnet-cni",`, `"type": "flatnet-cni", "capabilities": {"ips": true, "mac": true},`, 1)
 	})
-	p := n.pod("static")
+	p := n.Pod("static")
 	p.IPs = []string{"10.99.0.77/24"}
 	p.MAC = "02:42:0a:63:00:4d"
-	r := n.add(p)
+	r := n.Add(p)
 	if podIP(t, r) != "10.99.0.77" || r.Interfaces[1].Mac != p.MAC {
 		t.Fatalf("static request: ip %s mac %s", podIP(t, r), r.Interfaces[1].Mac)
 	}
-	if got := mustLink(t, handleAt(t, p.NetNS), "eth0").Attrs().HardwareAddr.String(); got != p.MAC {
+	if got := mustLink(t, cnitest.HandleAt(t, p.NetNS), "eth0").Attrs().HardwareAddr.String(); got != p.MAC {
 		t.Fatalf("eth0 MAC in the pod is %s", got)
 	}
-	q := n.pod("clash")
+	q := n.Pod("clash")
 	q.IPs = []string{"10.99.0.77/24"}
-	_, err := n.rt.Add(context.Background(), q)
+	_, err := n.RT.Add(context.Background(), q)
 	if e := cniError(t, err); e.Code != cni.ErrAddressConflict {
 		t.Fatalf("second pod asking for the same IP: code %d %q", e.Code, e.Msg)
 	}
-	n.del(q)
-	n.del(p)
-	n.assertClean()
+	n.Del(q)
+	n.Del(p)
+	n.AssertClean()
 }
 
 // IPv4 and IPv6 range sets: one address of each family, a default route each.
@@ -227,38 +215,38 @@ func TestDualStack(t *testing.T) {
 	n := newNode(t, "1.1.0", func(dataDir string) string {
 		return fmt.Sprintf(`{"type": "flatnet-cni", "bridge": "fn0", "ipam": {"ranges": [[{"subnet": "10.99.0.0/24"}], [{"subnet": "fd00:99::/64"}]], "dataDir": %q}}`, dataDir)
 	})
-	p := n.pod("ds")
-	r := n.add(p)
+	p := n.Pod("ds")
+	r := n.Add(p)
 	if len(r.IPs) != 2 || r.IPs[1].Address.String() != "fd00:99::2/64" || r.IPs[1].Gateway.String() != "fd00:99::1" {
 		t.Fatalf("dual-stack IPs: %s", mustJSON(r.IPs))
 	}
 	if len(r.Routes) != 2 || r.Routes[1].Dst.String() != "::/0" {
 		t.Fatalf("dual-stack routes: %s", mustJSON(r.Routes))
 	}
-	if err := n.rt.Check(context.Background(), p); err != nil {
+	if err := n.RT.Check(context.Background(), p); err != nil {
 		t.Fatalf("CHECK: %v", err)
 	}
-	n.del(p)
-	n.assertClean()
+	n.Del(p)
+	n.AssertClean()
 }
 
 // An interface of that name that the plugin did not make: ADD fails with
 // code 101 and releases the address it took.
 func TestAddRefusesForeignInterface(t *testing.T) {
 	n := newNode(t, "1.1.0", flatnetConf)
-	p := n.pod("taken")
-	h := handleAt(t, p.NetNS)
+	p := n.Pod("taken")
+	h := cnitest.HandleAt(t, p.NetNS)
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = "eth0"
 	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "other"}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := n.rt.Add(context.Background(), p)
+	_, err := n.RT.Add(context.Background(), p)
 	if e := cniError(t, err); e.Code != cni.ErrInterfaceExists {
 		t.Fatalf("ADD over a foreign eth0: code %d %q", e.Code, e.Msg)
 	}
-	n.del(p) // containerd DELs after a failed ADD: the foreign eth0 must survive
-	n.assertClean()
+	n.Del(p) // containerd DELs after a failed ADD: the foreign eth0 must survive
+	n.AssertClean()
 	if _, err := h.LinkByName("eth0"); err != nil {
 		t.Fatalf("the foreign eth0 was removed: %v", err)
 	}
@@ -273,20 +261,20 @@ func TestDelKeepsAddressesWhileInterfaceRemains(t *testing.T) {
 		t.Skip("needs setpriv (util-linux) to run the plugin without CAP_NET_ADMIN")
 	}
 	n := newNode(t, "1.1.0", flatnetConf)
-	p := n.pod("a")
-	ip := podIP(t, n.add(p))
+	p := n.Pod("a")
+	ip := podIP(t, n.Add(p))
 	env := map[string]string{"CNI_COMMAND": "DEL", "CNI_CONTAINERID": p.ID, "CNI_NETNS": p.NetNS, "CNI_IFNAME": "eth0", "CNI_PATH": suite.PluginDir}
-	out, err := n.execPlugin(t, env, pluginStdin(n.dataDir), setpriv, "--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--")
+	out, err := n.execPlugin(t, env, pluginStdin(n.DataDir), setpriv, "--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--")
 	var e types.Error
 	if err == nil || json.Unmarshal(out, &e) != nil || e.Code != cni.ErrDatapathFailure {
 		t.Fatalf("DEL without CAP_NET_ADMIN: err %v, out %s; want code %d", err, out, cni.ErrDatapathFailure)
 	}
-	if v := n.pluginVeths(); len(v) != 1 {
+	if v := n.PluginVeths(); len(v) != 1 {
 		t.Fatalf("host veths after the failed DEL: %v", v)
 	}
-	if r := n.records(); len(r) != 1 || r[0] != ip+" "+p.ID+":eth0" {
+	if r := n.Records(); len(r) != 1 || r[0] != ip+" "+p.ID+":eth0" {
 		t.Fatalf("IPAM records after the failed DEL: %v, want %s kept for %s", r, ip, p.ID)
 	}
-	n.del(p)
-	n.assertClean()
+	n.Del(p)
+	n.AssertClean()
 }

@@ -51,7 +51,7 @@ func TestDualStackPodNetwork(t *testing.T) {
 				internal = append(internal, a.Address)
 			}
 		}
-		if want := []string{layout.NodeIP(i).String(), layout.NodeIP6(i).String()}; fmt.Sprint(internal) != fmt.Sprint(want) {
+		if want := []string{lab.NodeIP(i).String(), lab.NodeIP6(i).String()}; fmt.Sprint(internal) != fmt.Sprint(want) {
 			t.Fatalf("%s InternalIPs %v, want %v", n.Name, internal, want)
 		}
 	}
@@ -89,8 +89,8 @@ func TestDualStackPodNetwork(t *testing.T) {
 				continue
 			}
 			got, err := probe.HTTPGet(netns.Path(layout.NS(layout.NodeName(i))), net.JoinHostPort(ipv6Of(&to), "8080"), "/clientip")
-			if err != nil || host(got) != layout.NodeIP6(i).String() {
-				t.Errorf("node-%d -> pod %s over IPv6: saw %q, %v; want %s", i, to.Name, got, err, layout.NodeIP6(i))
+			if err != nil || host(got) != lab.NodeIP6(i).String() {
+				t.Errorf("node-%d -> pod %s over IPv6: saw %q, %v; want %s", i, to.Name, got, err, lab.NodeIP6(i))
 			}
 		}
 	}
@@ -103,7 +103,7 @@ func TestDualStackPodNetwork(t *testing.T) {
 		}
 		b, _ := io.ReadAll(c)
 		c.Close()
-		if want := layout.NodeIP6(nodeIndex(p.Spec.NodeName)).String(); host(string(b)) != want {
+		if want := lab.NodeIP6(nodeIndex(p.Spec.NodeName)).String(); host(string(b)) != want {
 			t.Errorf("outside saw %s from pod %s, want its node's IPv6 address %s", b, p.Name, want)
 		}
 	}
@@ -149,7 +149,7 @@ func TestDualStackService(t *testing.T) {
 		t.Fatalf("UDP via [%s]:81: %q, %v", vip6, got, err)
 	}
 	for i := 1; i <= nodes; i++ {
-		addr := net.JoinHostPort(layout.NodeIP6(i).String(), fmt.Sprint(svc.Spec.Ports[0].NodePort))
+		addr := net.JoinHostPort(lab.NodeIP6(i).String(), fmt.Sprint(svc.Spec.Ports[0].NodePort))
 		if got := hostname(t, outsideNS(), addr); !strings.HasPrefix(got, "dsvc-") {
 			t.Fatalf("NodePort %s answered %q", addr, got)
 		}

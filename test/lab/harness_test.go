@@ -69,9 +69,9 @@ func runMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "lab up: %v\n", upErr)
 		dumpLogs()
 	} else {
-		layout, _, err = lab.Open(stateRoot, labName)
+		layout, err = lab.Open(stateRoot, labName)
 		if err == nil {
-			client, err = layout.Client()
+			client, err = lab.Client(layout)
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)

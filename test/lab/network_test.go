@@ -16,8 +16,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/flatnet-io/flatnet/internal/lab"
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
+	"github.com/flatnet-io/flatnet/internal/workload"
 )
 
 // Six netexec pods spread over the three nodes: every pod reaches every
@@ -67,7 +69,7 @@ func TestNodeToPodAndPodToOutside(t *testing.T) {
 	pods := deploy(t, ns, netexecDeployment("netexec", 3))
 	nodeIPs := map[string]string{}
 	for i := 1; i <= nodes; i++ {
-		nodeIPs[layout.NodeName(i)] = layout.NodeIP(i).String()
+		nodeIPs[layout.NodeName(i)] = lab.NodeIP(i).String()
 	}
 	for i := 1; i <= nodes; i++ {
 		from := layout.NodeName(i)
@@ -276,15 +278,10 @@ func outsideTellsClient(t *testing.T, network, addr string) {
 	if err := netns.Do(outsideNS(), func() (err error) { ln, err = net.Listen(network, addr); return err }); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
 	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
+		_ = workload.Serve(t.Context(), ln, func(c net.Conn) {
 			_, _ = io.WriteString(c, c.RemoteAddr().String())
 			c.Close()
-		}
+		})
 	}()
 }

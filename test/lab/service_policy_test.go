@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/flatnet-io/flatnet/internal/lab"
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
 )
@@ -121,7 +122,7 @@ func TestServiceExternalTrafficPolicy(t *testing.T) {
 	}
 	home := nodeIndex(pods[0].Spec.NodeName)
 	other := home%nodes + 1
-	homeIP, otherIP := layout.NodeIP(home).String(), layout.NodeIP(other).String()
+	homeIP, otherIP := lab.NodeIP(home).String(), lab.NodeIP(other).String()
 	np := fmt.Sprint(local.Spec.Ports[0].NodePort)
 	var seen string
 	eventually(t, 30*time.Second, "Local NodePort on the pod's node", func() (err error) {
@@ -198,7 +199,7 @@ func TestServiceExternalIPsAndLoadBalancer(t *testing.T) {
 	lb("ext-lb-closed", "203.0.113.21", "198.51.100.0/24")
 	// The outside host sends the external addresses to node-1, as a router would.
 	for _, ip := range []string{"203.0.113.10", "203.0.113.20", "203.0.113.21"} {
-		out, err := exec.Command("ip", "-n", layout.NS("switch"), "route", "replace", ip+"/32", "via", layout.NodeIP(1).String()).CombinedOutput()
+		out, err := exec.Command("ip", "-n", layout.NS("switch"), "route", "replace", ip+"/32", "via", lab.NodeIP(1).String()).CombinedOutput()
 		if err != nil {
 			t.Fatalf("route in the outside host: %v %s", err, out)
 		}
@@ -279,5 +280,5 @@ func TestServiceIgnoredKindsAndChanges(t *testing.T) {
 	}
 	hostname(t, from, net.JoinHostPort(svc.Spec.ClusterIP, "8000"))
 	refusedNow(t, from, net.JoinHostPort(svc.Spec.ClusterIP, "80"))
-	hostname(t, outsideNS(), net.JoinHostPort(layout.NodeIP(1).String(), fmt.Sprint(svc.Spec.Ports[0].NodePort)))
+	hostname(t, outsideNS(), net.JoinHostPort(lab.NodeIP(1).String(), fmt.Sprint(svc.Spec.Ports[0].NodePort)))
 }

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/flatnet-io/flatnet/internal/lab"
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/probe"
 )
@@ -94,7 +95,7 @@ func TestServiceNodePortFromOutside(t *testing.T) {
 	port := svc.Spec.Ports[0].NodePort
 	outside := netns.Path(layout.NS("switch"))
 	for i := 1; i <= nodes; i++ {
-		addr := net.JoinHostPort(layout.NodeIP(i).String(), fmt.Sprint(port))
+		addr := net.JoinHostPort(lab.NodeIP(i).String(), fmt.Sprint(port))
 		if got := hostname(t, outside, addr); !strings.HasPrefix(got, "np-") {
 			t.Fatalf("NodePort on %s answered %q", layout.NodeName(i), got)
 		}

@@ -48,7 +48,9 @@ func TestServiceTrafficDistributionStaysInZone(t *testing.T) {
 	ns := namespace(t)
 	backends := deploy(t, ns, netexecDeployment("zonal", 3))
 	clients := deploy(t, ns, netexecDeployment("client", 3))
-	svc := service(t, ns, "zonal", func(s *corev1.Service) { s.Spec.TrafficDistribution = ptr.To("PreferClose") })
+	svc := service(t, ns, "zonal", func(s *corev1.Service) {
+		s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferClose)
+	})
 	eventually(t, time.Minute, "zone hints in the EndpointSlice", func() error {
 		slices, err := client.DiscoveryV1().EndpointSlices(ns).List(context.Background(), metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=zonal"})
 		if err != nil {

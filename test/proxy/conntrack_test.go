@@ -16,9 +16,7 @@ import (
 func TestUDPConntrackClearedOnServiceDeletion(t *testing.T) {
 	e := newEnv(t, "")
 	a, b, client := e.addPod("a"), e.addPod("b"), e.addPod("client")
-	e.proxier.UpdateService(svc("gone", "10.96.0.110"))
-	e.proxier.UpdateSlice(slice("gone", readyOn(a, "node-1")))
-	e.sync()
+	e.serve(svc("gone", "10.96.0.110"), readyOn(a, "node-1"))
 	ask := udpSocket(t, client.ns, "10.96.0.110:81")
 	if got := ask(); got != "a" {
 		t.Fatalf("first answer from %q", got)
@@ -28,9 +26,7 @@ func TestUDPConntrackClearedOnServiceDeletion(t *testing.T) {
 	if got := ask(); got != "" { // a stale entry would still carry the flow to a
 		t.Fatalf("after the Service was deleted the socket still reached %q", got)
 	}
-	e.proxier.UpdateService(svc("gone", "10.96.0.110"))
-	e.proxier.UpdateSlice(slice("gone", readyOn(b, "node-1")))
-	e.sync()
+	e.serve(svc("gone", "10.96.0.110"), readyOn(b, "node-1"))
 	if got := ask(); got != "b" {
 		t.Fatalf("after the Service was deleted and re-created on b, the socket reached %q", got)
 	}
@@ -41,9 +37,7 @@ func TestUDPConntrackClearedOnServiceDeletion(t *testing.T) {
 func TestInvalidPacketsDropped(t *testing.T) {
 	e := newEnv(t, "")
 	a, client := e.addPod("a"), e.addPod("client")
-	e.proxier.UpdateService(svc("web", "10.96.0.120"))
-	e.proxier.UpdateSlice(slice("web", readyOn(a, "node-1")))
-	e.sync()
+	e.serve(svc("web", "10.96.0.120"), readyOn(a, "node-1"))
 	sniffer, err := probe.SniffTCP(a.ns)
 	if err != nil {
 		t.Fatal(err)
@@ -93,9 +87,7 @@ func TestEarlySYNDoesNotPoisonLaterConnections(t *testing.T) {
 	if _, err := dial(200 * time.Millisecond); err == nil {
 		t.Fatal("connected to a ClusterIP no proxy had programmed")
 	}
-	e.proxier.UpdateService(svc("late", "10.96.0.130"))
-	e.proxier.UpdateSlice(slice("late", readyOn(a, "node-1")))
-	e.sync()
+	e.serve(svc("late", "10.96.0.130"), readyOn(a, "node-1"))
 	reply, err := dial(2 * time.Second)
 	if err != nil || backendOf(reply) != "a" {
 		t.Fatalf("from the port of the early SYN, after the Service was programmed: reply %q, %v", reply, err)

@@ -60,9 +60,7 @@ func isRefusal(err error) bool {
 func TestClusterIPBalancesTCPAndUDP(t *testing.T) {
 	e := newEnv(t, "")
 	a, b, c, client := e.addPod("a"), e.addPod("b"), e.addPod("c"), e.addPod("client")
-	e.proxier.UpdateService(svc("web", "10.96.0.10"))
-	e.proxier.UpdateSlice(slice("web", readyOn(a, "node-1"), readyOn(b, "node-2"), readyOn(c, "node-3")))
-	e.sync()
+	e.serve(svc("web", "10.96.0.10"), readyOn(a, "node-1"), readyOn(b, "node-2"), readyOn(c, "node-3"))
 	seen := spread(t, client.ns, "10.96.0.10:80", 90)
 	for _, p := range []string{"a", "b", "c"} {
 		if seen[p] < 10 { // expected 30 each; fewer than 10 has p < 1e-5
@@ -137,9 +135,7 @@ func TestNodePortClusterAndLocal(t *testing.T) {
 	e.proxier.UpdateSlice(slice("np", readyOn(a, "node-1"), readyOn(b, "node-2")))
 	e.proxier.UpdateService(svc("local", "10.96.0.31", nodePort(30090, 30091), externalLocal(32000)))
 	e.proxier.UpdateSlice(slice("local", readyOn(a, "node-1"), readyOn(b, "node-2")))
-	e.proxier.UpdateService(svc("remote", "10.96.0.32", nodePort(30100, 30101), externalLocal(32001)))
-	e.proxier.UpdateSlice(slice("remote", readyOn(b, "node-2")))
-	e.sync()
+	e.serve(svc("remote", "10.96.0.32", nodePort(30100, 30101), externalLocal(32001)), readyOn(b, "node-2"))
 
 	seen := spread(t, e.outside, hostPort(nodeUplinkIP, 30080), 30)
 	if len(seen) != 2 {
@@ -226,9 +222,7 @@ func TestExternalIPsAndSourceRanges(t *testing.T) {
 func TestSessionAffinity(t *testing.T) {
 	e := newEnv(t, "")
 	a, b, c, client := e.addPod("a"), e.addPod("b"), e.addPod("c"), e.addPod("client")
-	e.proxier.UpdateService(svc("sticky", "10.96.0.50", affinity(2)))
-	e.proxier.UpdateSlice(slice("sticky", readyOn(a, "node-1"), readyOn(b, "node-1"), readyOn(c, "node-1")))
-	e.sync()
+	e.serve(svc("sticky", "10.96.0.50", affinity(2)), readyOn(a, "node-1"), readyOn(b, "node-1"), readyOn(c, "node-1"))
 	seen := spread(t, client.ns, "10.96.0.50:80", 20)
 	if len(seen) != 1 {
 		t.Fatalf("affinity: 20 connections went to %v, want one backend", seen)
@@ -253,9 +247,7 @@ func TestSessionAffinity(t *testing.T) {
 func TestHairpin(t *testing.T) {
 	e := newEnv(t, "")
 	a := e.addPod("a")
-	e.proxier.UpdateService(svc("self", "10.96.0.60"))
-	e.proxier.UpdateSlice(slice("self", readyOn(a, "node-1")))
-	e.sync()
+	e.serve(svc("self", "10.96.0.60"), readyOn(a, "node-1"))
 	if r, err := tcp(a.ns, "10.96.0.60:80"); err != nil || backendOf(r) != "a" {
 		t.Fatalf("hairpin: %q, %v", r, err)
 	}
@@ -271,9 +263,7 @@ func TestTerminatingFallbackAndInternalLocal(t *testing.T) {
 	e.proxier.UpdateSlice(slice("term",
 		ep{p: a, node: "node-1", ready: false, serving: true, terminating: true},
 		ep{p: b, node: "node-1", ready: false, serving: false, terminating: true}))
-	e.proxier.UpdateService(svc("itp", "10.96.0.71", internalLocal))
-	e.proxier.UpdateSlice(slice("itp", readyOn(b, "node-2")))
-	e.sync()
+	e.serve(svc("itp", "10.96.0.71", internalLocal), readyOn(b, "node-2"))
 	seen := spread(t, client.ns, "10.96.0.70:80", 10)
 	if seen["a"] != 10 {
 		t.Fatalf("terminating fallback reached %v, want only the serving endpoint a", seen)
@@ -302,9 +292,7 @@ func TestTopologyHints(t *testing.T) {
 func TestUDPConntrackClearedOnEndpointChange(t *testing.T) {
 	e := newEnv(t, "")
 	a, b, client := e.addPod("a"), e.addPod("b"), e.addPod("client")
-	e.proxier.UpdateService(svc("dns", "10.96.0.90"))
-	e.proxier.UpdateSlice(slice("dns", readyOn(a, "node-1")))
-	e.sync()
+	e.serve(svc("dns", "10.96.0.90"), readyOn(a, "node-1"))
 	ask := udpSocket(t, client.ns, "10.96.0.90:81")
 	if got := ask(); got != "a" {
 		t.Fatalf("first answer from %q, want a", got)
@@ -321,9 +309,7 @@ func TestUDPConntrackClearedOnEndpointChange(t *testing.T) {
 func TestServicePortChange(t *testing.T) {
 	e := newEnv(t, "")
 	a, client := e.addPod("a"), e.addPod("client")
-	e.proxier.UpdateService(svc("move", "10.96.0.100"))
-	e.proxier.UpdateSlice(slice("move", readyOn(a, "node-1")))
-	e.sync()
+	e.serve(svc("move", "10.96.0.100"), readyOn(a, "node-1"))
 	e.proxier.UpdateService(svc("move", "10.96.0.100", func(s *corev1.Service) { s.Spec.Ports[0].Port = 8000 }))
 	e.sync()
 	refused(t, client.ns, "10.96.0.100:80")

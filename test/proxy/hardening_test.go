@@ -117,9 +117,7 @@ func TestFlowsSurviveARestart(t *testing.T) {
 	sl.Ports = append(sl.Ports, linesPort())
 	e.proxier.UpdateService(svc("web", "10.96.0.80", lines))
 	e.proxier.UpdateSlice(sl)
-	e.proxier.UpdateService(svc("gone", "10.96.0.81"))
-	e.proxier.UpdateSlice(slice("gone", readyOn(a, "node-1")))
-	e.sync()
+	e.serve(svc("gone", "10.96.0.81"), readyOn(a, "node-1"))
 	toGone := udpSocket(t, client.ns, "10.96.0.81:81")
 	if got := toGone(); got != "a" {
 		t.Fatalf("UDP to the Service to be deleted: %q", got)

@@ -1,8 +1,9 @@
 // Package proxy_test drives the service proxy with real packets: a node
-// namespace with pods wired by flatnet-cni, an outside host linked to it,
-// Services and EndpointSlices handed to the proxier, its ruleset applied with
-// the real nft, and connections made from pods, the node and the outside.
-// Needs root; skips with the reason otherwise.
+// namespace with pods wired by flatnet-cni and an outside host linked to it
+// (internal/cnitest's Node, with its leak check), Services and
+// EndpointSlices handed to the proxier, its ruleset applied with the real
+// nft, and connections made from pods, the node and the outside. Needs
+// root; skips with the reason otherwise.
 package proxy_test
 
 import (
@@ -14,26 +15,22 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 
-	"github.com/flatnet-io/flatnet/internal/cniruntime"
 	"github.com/flatnet-io/flatnet/internal/cnitest"
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/nft"
 	"github.com/flatnet-io/flatnet/internal/probe"
 	"github.com/flatnet-io/flatnet/internal/proxy"
+	"github.com/flatnet-io/flatnet/internal/workload"
 )
 
 // suite builds flatnet-cni and fails the run if a namespace of it is left.
@@ -54,13 +51,12 @@ const (
 
 func TestMain(m *testing.M) { os.Exit(suite.Main(m)) }
 
-// env is one node with pods, an outside host, and a proxier.
+// env is one node with pods, an outside host, and a proxier per family.
 type env struct {
 	t        *testing.T
-	name     string
+	n        *cnitest.Node
 	node     string // namespace path
 	outside  string
-	rt       *cniruntime.Runtime
 	proxier  *proxy.Proxier // IPv4
 	proxier6 *proxy.Proxier // IPv6
 	pods     map[string]*pod
@@ -79,25 +75,15 @@ type pod struct {
 // host) and a proxier for it; zone is the node's topology zone.
 func newEnv(t *testing.T, zone string) *env {
 	t.Helper()
-	suite.Require(t)
-	e := &env{t: t, name: suite.NewName(), pods: map[string]*pod{}, zone: zone, events: &eventLog{}}
-	e.node = e.mkns("node")
-	e.outside = e.mkns("out")
-	e.link()
-	dir := t.TempDir()
-	conflist := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"fntest","plugins":[{"type":"flatnet-cni","bridge":"fn0","ipam":{"ranges":[[{"subnet":%q}],[{"subnet":%q}]],"dataDir":%q}}]}`, podCIDR, podCIDR6, dir+"/ipam")
-	rt, err := cniruntime.New(e.node, []string{suite.PluginDir}, filepath.Join(dir, "cache"), []byte(conflist))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.rt = rt
-	e.startProxiers()
-	t.Cleanup(func() {
-		e.stopProxiers()
-		for _, p := range e.pods {
-			_ = e.rt.Del(context.Background(), cniruntime.Pod{ID: p.name, NetNS: p.ns, IfName: "eth0"})
-		}
+	n := suite.NewNode(t, "1.1.0", func(dataDir string) string {
+		return fmt.Sprintf(`{"type": "flatnet-cni", "bridge": "fn0", "ipam": {"ranges": [[{"subnet": %q}], [{"subnet": %q}]], "dataDir": %q}}`, podCIDR, podCIDR6, dataDir)
 	})
+	e := &env{t: t, n: n, node: n.NS, pods: map[string]*pod{}, zone: zone, events: &eventLog{}}
+	e.outside = n.Outside(
+		cnitest.Uplink{Node: netip.MustParsePrefix(nodeUplinkIP + "/24"), Outside: netip.MustParsePrefix(outsideIP + "/24")},
+		cnitest.Uplink{Node: netip.MustParsePrefix(nodeUplinkIP6 + "/64"), Outside: netip.MustParsePrefix(outsideIP6 + "/64")})
+	e.startProxiers()
+	t.Cleanup(e.stopProxiers)
 	return e
 }
 
@@ -128,85 +114,13 @@ func (e *env) stopProxiers() {
 	e.proxier6.Close()
 }
 
-func (e *env) mkns(role string) string {
-	e.t.Helper()
-	name := e.name + "-" + role
-	path, err := netns.Create(name)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { _ = netns.Delete(name) })
-	return path
-}
-
-// link wires node and outside host: 192.168.88.1 <-> .2; the outside host
-// routes the cluster's Service and external ranges to the node.
-func (e *env) link() {
-	e.t.Helper()
-	out, err := vnetns.GetFromPath(e.outside)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer out.Close()
-	nodeH, outH := e.handle(e.node), e.handle(e.outside)
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = "uplink"
-	if err := nodeH.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "eth0", PeerNamespace: netlink.NsFd(out)}); err != nil {
-		e.t.Fatal(err)
-	}
-	for _, c := range []struct {
-		h    *netlink.Handle
-		name string
-		cidr string
-	}{{nodeH, "uplink", nodeUplinkIP + "/24"}, {outH, "eth0", outsideIP + "/24"}, {nodeH, "uplink", nodeUplinkIP6 + "/64"}, {outH, "eth0", outsideIP6 + "/64"}} {
-		l, err := c.h.LinkByName(c.name)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		a, _ := netlink.ParseAddr(c.cidr)
-		a.Flags = unix.IFA_F_NODAD // IPv6: usable at once
-		if err := c.h.AddrAdd(l, a); err != nil {
-			e.t.Fatal(err)
-		}
-		if err := c.h.LinkSetUp(l); err != nil {
-			e.t.Fatal(err)
-		}
-	}
-	// Each side's default route points at the other, as a node's points at
-	// its network: Service IPs have no route of their own.
-	for _, r := range []struct {
-		h   *netlink.Handle
-		dev string
-		gw  string
-	}{{outH, "eth0", nodeUplinkIP}, {nodeH, "uplink", outsideIP}, {outH, "eth0", nodeUplinkIP6}, {nodeH, "uplink", outsideIP6}} {
-		l, _ := r.h.LinkByName(r.dev)
-		if err := r.h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP(r.gw)}); err != nil {
-			e.t.Fatal(err)
-		}
-	}
-}
-
-func (e *env) handle(path string) *netlink.Handle {
-	e.t.Helper()
-	h, err := netns.Handle(path)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(h.Close)
-	return h
-}
-
 // addPod wires a pod and starts a TCP server on 8080 and a UDP server on
 // 8081 that answer "<pod> <client address>", and on 8082 a TCP server that
 // answers each line with "<pod> <line>" as long as the connection lasts.
 func (e *env) addPod(name string) *pod {
 	e.t.Helper()
-	path := e.mkns(name)
-	res, err := e.rt.Add(context.Background(), cniruntime.Pod{ID: name, NetNS: path, IfName: "eth0", Namespace: "ns", Name: name})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	r, _ := current.NewResultFromResult(res)
+	sandbox, r := e.n.AddPod(name)
+	path := sandbox.NetNS
 	p := &pod{name: name, ns: path}
 	for _, ip := range r.IPs {
 		if ip.Address.IP.To4() != nil {
@@ -218,7 +132,7 @@ func (e *env) addPod(name string) *pod {
 	e.pods[name] = p
 	var ln net.Listener
 	var pc net.PacketConn
-	err = netns.Do(path, func() (err error) {
+	err := netns.Do(path, func() (err error) {
 		if ln, err = net.Listen("tcp", ":8080"); err != nil {
 			return err
 		}
@@ -228,27 +142,17 @@ func (e *env) addPod(name string) *pod {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	e.t.Cleanup(func() { ln.Close(); pc.Close() })
 	e.serveLines(path, name)
 	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
+		_ = workload.Serve(e.t.Context(), ln, func(c net.Conn) {
 			_, _ = io.WriteString(c, name+" "+c.RemoteAddr().String())
 			c.Close()
-		}
+		})
 	}()
 	go func() {
-		buf := make([]byte, 512)
-		for {
-			_, addr, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo([]byte(name+" "+addr.String()), addr)
-		}
+		_ = workload.ServePackets(e.t.Context(), pc, func(_ []byte, from net.Addr) ([]byte, bool) {
+			return []byte(name + " " + from.String()), true
+		})
 	}()
 	return p
 }
@@ -261,6 +165,15 @@ func (e *env) sync() {
 			e.t.Fatalf("sync: %v", err)
 		}
 	}
+}
+
+// serve hands the IPv4 proxier Service s and its EndpointSlice with eps
+// (see slice), then syncs.
+func (e *env) serve(s *corev1.Service, eps ...ep) {
+	e.t.Helper()
+	e.proxier.UpdateService(s)
+	e.proxier.UpdateSlice(slice(s.Name, eps...))
+	e.sync()
 }
 
 // tcp connects from a namespace and returns "<pod> <client address>".
@@ -320,24 +233,20 @@ func (e *env) serveLines(nsPath, name string) {
 	if err := netns.Do(nsPath, func() (err error) { ln, err = net.Listen("tcp", ":8082"); return err }); err != nil {
 		e.t.Fatal(err)
 	}
-	e.t.Cleanup(func() { ln.Close() })
 	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					if _, err := fmt.Fprintf(c, "%s %s\n", name, sc.Text()); err != nil {
-						return
-					}
-				}
-			}()
-		}
+		_ = workload.Serve(e.t.Context(), ln, func(c net.Conn) { go answerLines(c, name) })
 	}()
+}
+
+// answerLines answers each line on c with "<name> <line>" until c ends.
+func answerLines(c net.Conn, name string) {
+	defer c.Close()
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		if _, err := fmt.Fprintf(c, "%s %s\n", name, sc.Text()); err != nil {
+			return
+		}
+	}
 }
 
 // eventLog records the Events a proxier sends.

@@ -17,9 +17,7 @@ func TestRestartTakesOverTheTable(t *testing.T) {
 	a, b, c, client := e.addPod("a"), e.addPod("b"), e.addPod("c"), e.addPod("client")
 	e.proxier.UpdateService(svc("three", "10.96.0.60", nodePort(30600, 30601)))
 	e.proxier.UpdateSlice(slice("three", readyOn(a, "node-1"), readyOn(b, "node-2"), readyOn(c, "node-3")))
-	e.proxier.UpdateService(svc("one", "10.96.0.61"))
-	e.proxier.UpdateSlice(slice("one", readyOn(a, "node-1")))
-	e.sync()
+	e.serve(svc("one", "10.96.0.61"), readyOn(a, "node-1"))
 	if seen := spread(t, client.ns, "10.96.0.60:80", 45); len(seen) != 3 {
 		t.Fatalf("before the restart the Service of three pods reached %v", seen)
 	}
@@ -29,9 +27,7 @@ func TestRestartTakesOverTheTable(t *testing.T) {
 	// While no proxier ran: "three" lost c, "one" was deleted, "two" came.
 	e.proxier.UpdateService(svc("three", "10.96.0.60", nodePort(30600, 30601)))
 	e.proxier.UpdateSlice(slice("three", readyOn(a, "node-1"), readyOn(b, "node-2")))
-	e.proxier.UpdateService(svc("two", "10.96.0.62"))
-	e.proxier.UpdateSlice(slice("two", readyOn(b, "node-2"), readyOn(c, "node-3")))
-	e.sync()
+	e.serve(svc("two", "10.96.0.62"), readyOn(b, "node-2"), readyOn(c, "node-3"))
 	for _, check := range []struct {
 		from, addr string
 		want       []string
