@@ -4,28 +4,18 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
-	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/netnstest"
 )
 
 // Against the kernel, in a throwaway namespace: the table is written, read
 // back as present over netlink, and seen missing after `nft flush ruleset`.
 func TestPresentInTheKernel(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (a network namespace, nftables)")
-	}
-	name := fmt.Sprintf("fn-egress%d", os.Getpid()%100000)
-	path, err := netns.Create(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = netns.Delete(name) })
 	ctx := context.Background()
-	err = netns.Do(path, func() error {
+	netnstest.Run(t, "egress", func() error {
 		m, err := New(netip.MustParsePrefix("10.244.0.0/16"))
 		if err != nil {
 			return err
@@ -48,7 +38,4 @@ func TestPresentInTheKernel(t *testing.T) {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }

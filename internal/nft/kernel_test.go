@@ -2,38 +2,19 @@ package nft
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"testing"
 
 	"sigs.k8s.io/knftables"
 
-	"github.com/flatnet-io/flatnet/internal/netns"
+	"github.com/flatnet-io/flatnet/internal/netnstest"
 )
-
-// inNamespace runs f in a throwaway network namespace.
-func inNamespace(t *testing.T, suffix string, f func() error) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (a network namespace, nftables)")
-	}
-	name := fmt.Sprintf("fn-nft%s%d", suffix, os.Getpid()%100000)
-	path, err := netns.Create(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = netns.Delete(name) })
-	if err := netns.Do(path, f); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // What the Fake accepts and the kernel refuses, against the kernel in a
 // throwaway namespace: a second value for a map key and the deletion of a
 // missing element are typed errors naming the refused element, and the
 // kernel applies nothing of a refused transaction.
 func TestKernelRefusalsAreTyped(t *testing.T) {
-	inNamespace(t, "r", func() error { return refusals(t) })
+	netnstest.Run(t, "nftr", func() error { return refusals(t) })
 }
 
 func refusals(t *testing.T) error {
@@ -90,7 +71,7 @@ func refusals(t *testing.T) error {
 // A Tables that did not declare an interval set (a restarted agent) learns
 // it from the kernel and sends its elements with their end keys.
 func TestIntervalSetLearnedFromTheKernel(t *testing.T) {
-	inNamespace(t, "i", func() error {
+	netnstest.Run(t, "nfti", func() error {
 		ctx := context.Background()
 		for _, fam := range []Family{IPv4, IPv6} {
 			first, err := New(fam, "fn-test")

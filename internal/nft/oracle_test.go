@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/knftables"
+
+	"github.com/flatnet-io/flatnet/internal/netnstest"
 )
 
 // Every form of rule, set and element the engines write, committed over
@@ -23,7 +25,7 @@ func TestNetlinkCommitsWhatNftCommits(t *testing.T) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("the nft binary is the oracle here: ./scripts/setup.sh installs it")
 	}
-	inNamespace(t, "o", func() error {
+	netnstest.Run(t, "nfto", func() error {
 		// not in subtests: they run on other threads, outside the namespace
 		for _, fam := range []Family{IPv4, IPv6} {
 			bothWays(t, fam)
