@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flatnet-io/flatnet/internal/nft"
@@ -28,6 +29,8 @@ type Engine struct {
 	src    Source
 	log    *slog.Logger
 	runner *runner.Runner
+
+	synced atomic.Bool // a sync has committed the table once
 
 	mu        sync.Mutex
 	committed Elements // nil: the next sync rewrites the whole table
@@ -54,6 +57,10 @@ func (e *Engine) Run(ctx context.Context) { e.runner.Run(ctx) }
 
 // Status is the sync loop's progress, for health checks.
 func (e *Engine) Status() runner.Status { return e.runner.Status() }
+
+// Synced reports whether a sync has committed the table since the engine
+// started (its caches synced): a readiness check.
+func (e *Engine) Synced() bool { return e.synced.Load() }
 
 // Sync computes the model and commits it: the difference from the last
 // commit, or the whole table after a failure or on the first sync. Until
@@ -84,6 +91,7 @@ func (e *Engine) Sync(ctx context.Context) error {
 		return fmt.Errorf("program %s (%s): %w", Table, e.fam, err)
 	}
 	e.setCommitted(want)
+	e.synced.Store(true)
 	return nil
 }
 
