@@ -31,7 +31,7 @@
 // progress; a node-sync error (a route the kernel refuses, a read-only
 // sysctl) is a metric, a log line and a Warning Event on the Node, not a
 // reason to be restarted. /readyz: the conflist is installed and every
-// proxy has synced once.
+// proxy and policy engine has synced once.
 package agent
 
 import (
@@ -54,7 +54,9 @@ import (
 
 	"github.com/flatnet-io/flatnet/internal/cniconf"
 	"github.com/flatnet-io/flatnet/internal/egress"
+	"github.com/flatnet-io/flatnet/internal/nft"
 	"github.com/flatnet-io/flatnet/internal/podnet"
+	"github.com/flatnet-io/flatnet/internal/policy"
 	"github.com/flatnet-io/flatnet/internal/proxy"
 	"github.com/flatnet-io/flatnet/internal/routes"
 	"github.com/flatnet-io/flatnet/internal/runner"
@@ -71,11 +73,14 @@ type Agent struct {
 
 	registry *prometheus.Registry
 	proxiers []*proxy.Proxier // one per cluster CIDR family; none without --proxy
+	policies []*policy.Engine // one per cluster CIDR family; none without --policy
 	runner   *runner.Runner   // of the node sync
 	events   *eventSink
 
 	installed atomic.Bool // the conflist is in place
 	lastErr   atomic.Pointer[error]
+
+	tables func(nft.Family, string) (nft.Tables, error) // nil: the kernel's (tests: Fakes)
 }
 
 // Run runs the agent until ctx ends.
@@ -126,6 +131,12 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 			return err
 		}
 		log.Info("service proxy running", "table", proxy.Table, "families", len(a.proxiers))
+	}
+	if o.Policy {
+		if err := a.startPolicy(ctx, newPolicyInformers(client)); err != nil {
+			return err
+		}
+		log.Info("network policy running", "table", policy.Table, "families", len(a.policies))
 	}
 	for _, e := range a.egress {
 		go e.Run(ctx)

@@ -24,6 +24,7 @@ type Options struct {
 	Resync        time.Duration
 	HealthTimeout time.Duration // /healthz fails when a sync loop makes no progress for this long
 	Proxy         bool          // run the service proxy
+	Policy        bool          // enforce NetworkPolicy
 	MasqueradeAll bool
 	Conf          cniconf.Options
 }
@@ -31,7 +32,7 @@ type Options struct {
 // Defaults returns the options a node uses unless told otherwise.
 func Defaults() *Options {
 	return &Options{CNIConfDir: "/etc/cni/net.d", CNIConfName: "10-flatnet.conflist",
-		HealthAddr: "127.0.0.1:9465", MetricsAddr: "127.0.0.1:9466", Resync: 30 * time.Second, HealthTimeout: 2 * time.Minute, Proxy: true}
+		HealthAddr: "127.0.0.1:9465", MetricsAddr: "127.0.0.1:9466", Resync: 30 * time.Second, HealthTimeout: 2 * time.Minute, Proxy: true, Policy: true}
 }
 
 type prefixList struct{ out *[]netip.Prefix }
@@ -72,6 +73,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Resync, "resync", o.Resync, "period of the full resync of routes and rules")
 	fs.DurationVar(&o.HealthTimeout, "health-timeout", o.HealthTimeout, "/healthz fails when a Service change waits this long for a successful sync, or a sync loop stops")
 	fs.BoolVar(&o.Proxy, "proxy", o.Proxy, "run the service proxy (replaces kube-proxy)")
+	fs.BoolVar(&o.Policy, "policy", o.Policy, "enforce NetworkPolicy (nftables table flatnet-policy)")
 	fs.BoolVar(&o.MasqueradeAll, "masquerade-all", false, "masquerade all traffic to Services")
 	fs.StringVar(&o.Conf.Bridge, "bridge", "", "node bridge name (default flatnet0)")
 	fs.IntVar(&o.Conf.MTU, "mtu", 0, "pod MTU (default: the node's uplink MTU)")

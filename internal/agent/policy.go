@@ -1,0 +1,123 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	networkinglisters "k8s.io/client-go/listers/networking/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/flatnet-io/flatnet/internal/nft"
+	"github.com/flatnet-io/flatnet/internal/policy"
+)
+
+// policyInformers are what the policy engines read from the API server:
+// every NetworkPolicy, Pod and Namespace of the cluster (selectors pick
+// pods on every node), and a Pod looked up by name when the cache does
+// not hold it yet.
+type policyInformers struct {
+	policies, pods, namespaces cache.SharedIndexInformer
+	getPod                     func(ctx context.Context, namespace, name string) (*corev1.Pod, error)
+	start                      func(stop <-chan struct{})
+}
+
+// newPolicyInformers makes the informers over client (the one place the
+// policy wiring knows how the agent talks to the API server).
+func newPolicyInformers(client kubernetes.Interface) policyInformers {
+	f := informers.NewSharedInformerFactory(client, 0)
+	return policyInformers{
+		policies:   f.Networking().V1().NetworkPolicies().Informer(),
+		pods:       f.Core().V1().Pods().Informer(),
+		namespaces: f.Core().V1().Namespaces().Informer(),
+		getPod: func(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
+			return client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+		},
+		start: f.Start,
+	}
+}
+
+// startPolicy runs NetworkPolicy enforcement: one engine per cluster CIDR
+// family (package policy), each on its own runner, poked by the informers
+// (their objects slimmed to what a sync reads). The engines write nothing
+// until every informer has synced, so a restarted agent keeps the table
+// its predecessor left.
+func (a *Agent) startPolicy(ctx context.Context, inf policyInformers) error {
+	if err := enableBridgeNetfilter(); err != nil {
+		a.log.Warn("bridged pod traffic will not meet the policy table", "err", err)
+	}
+	poke := func() {
+		for _, e := range a.policies {
+			e.Poke()
+		}
+	}
+	for _, i := range []cache.SharedIndexInformer{inf.policies, inf.pods, inf.namespaces} {
+		_ = i.SetTransform(policy.Slim)
+		if _, err := i.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { poke() },
+			DeleteFunc: func(any) { poke() },
+			UpdateFunc: func(old, cur any) {
+				if policyObjectChanged(old, cur) {
+					poke()
+				}
+			},
+		}); err != nil {
+			return err
+		}
+	}
+	src := policy.Listers{
+		Policies:   networkinglisters.NewNetworkPolicyLister(inf.policies.GetIndexer()),
+		Pods:       corelisters.NewPodLister(inf.pods.GetIndexer()),
+		Namespaces: corelisters.NewNamespaceLister(inf.namespaces.GetIndexer()),
+		Synced: func() bool {
+			return inf.policies.HasSynced() && inf.pods.HasSynced() && inf.namespaces.HasSynced()
+		},
+	}
+	for _, cidr := range a.o.ClusterCIDRs {
+		fam := nft.FamilyOf(cidr.Addr())
+		tables, err := a.newTables(fam, policy.Table)
+		if err != nil {
+			return fmt.Errorf("network policy: %w", err)
+		}
+		a.policies = append(a.policies, policy.NewEngine(fam, a.o.NodeName, tables, src,
+			a.log.With("component", "policy", "family", fam.String())))
+	}
+	inf.start(ctx.Done())
+	for _, e := range a.policies {
+		go e.Run(ctx)
+	}
+	return nil
+}
+
+// newTables opens an engine's table in the kernel (a test's Fake instead).
+func (a *Agent) newTables(fam nft.Family, table string) (nft.Tables, error) {
+	if a.tables != nil {
+		return a.tables(fam, table)
+	}
+	return nft.New(fam, table)
+}
+
+// policyObjectChanged reports whether an informer's update changes what a
+// policy sync reads (a Pod's status heartbeat, say, does not: its slim
+// copies differ only in resourceVersion).
+func policyObjectChanged(old, cur any) bool {
+	strip := func(o any) any {
+		switch v := o.(type) {
+		case *corev1.Pod:
+			c := *v
+			c.ResourceVersion = ""
+			return &c
+		case *corev1.Namespace:
+			c := *v
+			c.ResourceVersion = ""
+			return &c
+		}
+		return o
+	}
+	return !reflect.DeepEqual(strip(old), strip(cur))
+}
