@@ -112,6 +112,7 @@ func oracleTx(tx *Tx, fam Family) {
 	tx.Add(&knftables.Set{Name: "isolated", Type: v("ipv4_addr")})
 	tx.Add(&knftables.Set{Name: "allow-tcp", Type: v("ipv4_addr . ipv4_addr . inet_service"), Flags: interval, Comment: knftables.PtrTo("pod . peers . ports")})
 	tx.Add(&knftables.Set{Name: "allow-any", Type: v("ipv4_addr . ipv4_addr"), Flags: interval})
+	tx.Add(&knftables.Set{Name: "attached", Type: v("ifname . ipv4_addr"), Comment: knftables.PtrTo("host veth . pod address")})
 	tx.Add(&knftables.Set{Name: "affinity", Type: v("ipv4_addr"), Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
 		Timeout: knftables.PtrTo(3 * time.Hour), Comment: knftables.PtrTo("clients of 10.244.1.2:8080 (10800s affinity)")})
 	hook := func(name string, typ knftables.BaseChainType, h knftables.BaseChainHook, prio knftables.BaseChainPriority) {
@@ -145,6 +146,8 @@ func oracleTx(tx *Tx, fam Family) {
 		{Set: "allow-tcp", Key: []string{"10.244.1.3", "10.9.0.1-10.9.0.7", "443"}},
 		{Set: "allow-any", Key: []string{"10.244.1.3", "0.0.0.0-255.255.255.255"}},
 		{Set: "allow-any", Key: []string{"10.244.1.2", "10.9.0.1-10.9.0.7"}},
+		{Set: "attached", Key: []string{"fn0123456789abc", "10.244.1.2"}, Comment: knftables.PtrTo("0f2b7c1e-4d6a-4b8e-9a51-3c2d1e0f9a8b")},
+		{Set: "attached", Key: []string{"fn1", "10.244.1.3"}},
 	} {
 		for i := range e.Key {
 			e.Key[i] = v(e.Key[i])

@@ -93,6 +93,11 @@ type Tables interface {
 	// ListRules lists the rules of a chain, with their handles but not
 	// their text; none when the chain does not exist.
 	ListRules(ctx context.Context, chain string) ([]*knftables.Rule, error)
+	// ListElements lists the elements of a set or map (objectType "set"
+	// or "map") with their keys, values and comments, as nft writes them;
+	// none when it does not exist. Sets of intervals and verdict maps are
+	// not read.
+	ListElements(ctx context.Context, objectType, name string) ([]*knftables.Element, error)
 }
 
 // Fake is Tables over knftables' Fake: the table in memory, for unit

@@ -40,6 +40,7 @@ var datatypes = map[string]datatype{
 	"inet_proto":   {12, 1, 2},
 	"inet_service": {13, 2, 2},
 	"mark":         {19, 4, 1},
+	"ifname":       {41, 16, 1}, // an interface name, NUL-padded to IFNAMSIZ
 }
 
 // setDecl is what encoding a set's elements needs of its declaration: its
@@ -209,6 +210,11 @@ func encodeField(typ, val string) ([]byte, error) {
 			return nil, fmt.Errorf("%s %q", typ, val)
 		}
 		return binary.NativeEndian.AppendUint32(nil, uint32(v)), nil
+	case "ifname":
+		if len(val) == 0 || len(val) >= 16 {
+			return nil, fmt.Errorf("interface name %q", val)
+		}
+		return append([]byte(val), make([]byte, 16-len(val))...), nil
 	case "inet_service":
 		port, err := strconv.ParseUint(val, 10, 16)
 		if err != nil {
