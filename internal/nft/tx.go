@@ -122,3 +122,13 @@ func (f *Fake) Run(ctx context.Context, tx *Tx) error {
 	}
 	return f.Fake.Run(ctx, tx.fake)
 }
+
+// ListElements implements Tables: none when the set does not exist, as the
+// kernel's.
+func (f *Fake) ListElements(ctx context.Context, objectType, name string) ([]*knftables.Element, error) {
+	els, err := f.Fake.ListElements(ctx, objectType, name)
+	if knftables.IsNotFound(err) {
+		return nil, nil
+	}
+	return els, err
+}
