@@ -21,6 +21,7 @@
 // Design notes (kernel state): one table per family in use, "ip
 // flatnet-policy" and "ip6 flatnet-policy", owned by this package alone:
 //
+//	set attachments: host veth . address of this node's pods, comment UID
 //	chain forward (filter hook forward priority 0: after service DNAT in
 //	               prerouting, so a packet to a ClusterIP is judged by the
 //	               pod it reaches; before masquerade, so by its source)
@@ -60,8 +61,16 @@
 // keeps enforcing the last policies until the new agent, its caches
 // synced, replaces the table atomically.
 //
-// Not yet (later slices): the agent's informers and wiring; isolation of
-// a new pod before its first packet (the CNI plugin asking the agent);
-// cutting established flows a change denies (conntrack); anti-spoofing;
-// counters per policy and rule, and logs; ClusterNetworkPolicy.
+// Isolated from the first packet (admitter.go, attach.go): the CNI
+// plugin asks the agent to admit a new pod's addresses before it makes
+// the pod's interface, and the agent answers once both families' tables
+// hold them; this node's attachments overlay the pods' statuses (which
+// reach the API server only after the pod started) and are kept in set
+// "attachments" (ifname . address, the pod's UID as comment), which a
+// restarted agent reads back before its first commit. Admitter says why
+// this leaves no window.
+//
+// Not yet (later slices): cutting established flows a change denies
+// (conntrack); anti-spoofing; counters per policy and rule, and logs;
+// ClusterNetworkPolicy.
 package policy

@@ -34,14 +34,38 @@ func (d direction) anySet() string          { return d.name + "-any" }
 func (d direction) protoSet(p Proto) string { return d.name + "-" + p.String() }
 
 // Elements are the elements of the table's sets: set → key (its fields
-// joined by " . ") → its fields.
-type Elements map[string]map[string][]string
+// joined by " . ") → the element.
+type Elements map[string]map[string]Element
 
-func (e Elements) add(set string, key ...string) {
+// Element is one element of a set: its fields, and a comment.
+type Element struct {
+	Key     []string
+	Comment string
+}
+
+func (e Elements) add(set string, key ...string) { e.addWithComment(set, "", key...) }
+
+func (e Elements) addWithComment(set, comment string, key ...string) {
 	if e[set] == nil {
-		e[set] = map[string][]string{}
+		e[set] = map[string]Element{}
 	}
-	e[set][strings.Join(key, " . ")] = key
+	e[set][strings.Join(key, " . ")] = Element{Key: key, Comment: comment}
+}
+
+// attachedSet records this node's attachments: host veth . address, the
+// pod's UID in the comment (see Attachments).
+const attachedSet = "attachments"
+
+// addAttachments adds the elements of the attachments' addresses of
+// family fam.
+func (e Elements) addAttachments(fam nft.Family, atts []Attachment) {
+	for _, a := range atts {
+		for _, ip := range a.IPs {
+			if fam.Has(ip) {
+				e.addWithComment(attachedSet, string(a.UID), a.HostVeth, ip.String())
+			}
+		}
+	}
 }
 
 // Elements are the set elements that enforce m.
@@ -88,6 +112,8 @@ func writeBase(tx *nft.Tx, fam nft.Family) {
 				Comment: knftables.PtrTo("pod . peers . ports, " + p.String())})
 		}
 	}
+	tx.Add(&knftables.Set{Name: attachedSet, Type: "ifname . " + addr,
+		Comment: knftables.PtrTo("host veth . address of this node's pods (comment: pod UID), read back on restart")})
 	tx.Add(&knftables.Chain{Name: forwardChain, Type: knftables.PtrTo(knftables.FilterType),
 		Hook: knftables.PtrTo(knftables.ForwardHook), Priority: knftables.PtrTo(knftables.FilterPriority)})
 	tx.Add(&knftables.Chain{Name: ingressChain})
@@ -127,7 +153,7 @@ func forwardRules(fam nft.Family) []string {
 
 // setNames are the names of the table's sets, in a fixed order.
 func setNames() []string {
-	var out []string
+	out := []string{attachedSet}
 	for _, d := range directions {
 		out = append(out, d.isolated(), d.anySet())
 		for _, p := range Protos {
@@ -154,16 +180,20 @@ func writeDiff(tx *nft.Tx, have, want Elements) bool {
 	wrote := false
 	for _, s := range setNames() {
 		for _, k := range slices.Sorted(maps.Keys(have[s])) {
-			if _, ok := want[s][k]; !ok {
-				tx.Delete(&knftables.Element{Set: s, Key: have[s][k]})
+			if w, ok := want[s][k]; !ok || w.Comment != have[s][k].Comment {
+				tx.Delete(&knftables.Element{Set: s, Key: have[s][k].Key})
 				wrote = true
 			}
 		}
 	}
 	for _, s := range setNames() {
 		for _, k := range slices.Sorted(maps.Keys(want[s])) {
-			if _, ok := have[s][k]; !ok {
-				tx.Add(&knftables.Element{Set: s, Key: want[s][k]})
+			if h, ok := have[s][k]; !ok || h.Comment != want[s][k].Comment {
+				el := &knftables.Element{Set: s, Key: want[s][k].Key}
+				if c := want[s][k].Comment; c != "" {
+					el.Comment = &c
+				}
+				tx.Add(el)
 				wrote = true
 			}
 		}
