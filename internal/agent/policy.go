@@ -7,12 +7,14 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/flatnet-io/flatnet/internal/admit"
 	"github.com/flatnet-io/flatnet/internal/nft"
 	"github.com/flatnet-io/flatnet/internal/policy"
 )
@@ -87,11 +89,65 @@ func (a *Agent) startPolicy(ctx context.Context, inf policyInformers) error {
 		a.policies = append(a.policies, policy.NewEngine(fam, a.o.NodeName, tables, src,
 			a.log.With("component", "policy", "family", fam.String())))
 	}
+	att := policy.NewAttachments()
+	if a.handle != nil {
+		att.Links = a.linkNames
+	}
+	for _, e := range a.policies {
+		e.UseAttachments(att)
+	}
+	if err := a.serveAdmissions(ctx, inf, att); err != nil {
+		return err
+	}
 	inf.start(ctx.Done())
 	for _, e := range a.policies {
 		go e.Run(ctx)
 	}
 	return nil
+}
+
+// serveAdmissions answers the CNI plugin on --policy-socket (package
+// admit; policy.Admitter says why a pod is then isolated from its first
+// packet) and has the conflist name the socket, so that every ADD asks.
+func (a *Agent) serveAdmissions(ctx context.Context, inf policyInformers, att *policy.Attachments) error {
+	if a.o.PolicySocket == "" {
+		return nil
+	}
+	pods := corelisters.NewPodLister(inf.pods.GetIndexer())
+	adm := &policy.Admitter{Node: a.o.NodeName, CIDRs: a.o.ClusterCIDRs, Attachments: att, Engines: a.policies,
+		Pod: func(ctx context.Context, namespace, name string, uid types.UID) (*corev1.Pod, error) {
+			if p, err := pods.Pods(namespace).Get(name); err == nil && (uid == "" || p.UID == uid) {
+				return p, nil
+			}
+			p, err := inf.getPod(ctx, namespace, name)
+			if err != nil {
+				return nil, err
+			}
+			slim, _ := policy.Slim(p)
+			return slim.(*corev1.Pod), nil
+		}}
+	ln, err := admit.Listen(a.o.PolicySocket)
+	if err != nil {
+		return fmt.Errorf("network policy admissions: %w", err)
+	}
+	context.AfterFunc(ctx, func() { _ = ln.Close() })
+	go admit.Serve(ctx, ln, adm.Handle, a.log.With("component", "policy-admission"))
+	a.o.Conf.PolicySocket = a.o.PolicySocket
+	a.log.Info("admitting new pods to the policy tables", "socket", a.o.PolicySocket)
+	return nil
+}
+
+// linkNames are the names of the node's interfaces.
+func (a *Agent) linkNames() (map[string]bool, error) {
+	links, err := a.handle.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]bool, len(links))
+	for _, l := range links {
+		out[l.Attrs().Name] = true
+	}
+	return out, nil
 }
 
 // newTables opens an engine's table in the kernel (a test's Fake instead).

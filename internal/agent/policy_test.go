@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/flatnet-io/flatnet/internal/admit"
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/nft"
 	"github.com/flatnet-io/flatnet/internal/policy"
@@ -44,6 +45,7 @@ func policyAgent(t *testing.T, objs ...any) (*Agent, *fake.Clientset, map[nft.Fa
 	t.Helper()
 	a := &Agent{o: Defaults(), metrics: newMetrics(), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	a.o.NodeName = "n1"
+	a.o.PolicySocket = "" // admissions: TestAdmissionOverTheSocket, in a namespace of its own
 	a.o.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/48")}
 	fakes := map[nft.Family]*lockedFake{}
 	a.tables = func(fam nft.Family, table string) (nft.Tables, error) {
@@ -217,5 +219,47 @@ func TestPolicyTurnsOnBridgeNetfilter(t *testing.T) {
 	}
 	if strings.TrimSpace(string(got)) != "1" {
 		t.Errorf("%s = %s in the node's namespace, want 1", knob, got)
+	}
+}
+
+// The plugin's question over the abstract socket of the node's namespace:
+// a new pod without an address in the API server is isolated when the
+// answer comes, and the conflist flatnetd writes names the socket.
+func TestAdmissionOverTheSocket(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a network namespace)")
+	}
+	name := fmt.Sprintf("fn-t%d-agent-adm", os.Getpid())
+	path, err := netns.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = netns.Delete(name) }()
+	deny := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "deny"}}
+	a, client, fakes := policyAgent(t, testNamespace("x"), deny, testPod("x", "new", "n1"))
+	a.o.PolicySocket = "@" + name
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req := admit.Request{Op: admit.Add, Namespace: "x", Name: "new", UID: "uid-new", ContainerID: "c", IfName: "eth0",
+		HostVeth: "fn0000", IPs: []netip.Addr{netip.MustParseAddr("10.244.0.9"), netip.MustParseAddr("fd00:244::9")}}
+	err = netns.Do(path, func() error {
+		if err := a.startPolicy(ctx, newPolicyInformers(client)); err != nil {
+			return err
+		}
+		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+		defer acancel()
+		return admit.Ask(actx, a.o.PolicySocket, req)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := isolated(fakes[nft.IPv4]); !slices.Equal(got, []string{"10.244.0.9"}) {
+		t.Errorf("IPv4 isolated %v when the plugin is answered", got)
+	}
+	if got := isolated(fakes[nft.IPv6]); !slices.Equal(got, []string{"fd00:244::9"}) {
+		t.Errorf("IPv6 isolated %v when the plugin is answered", got)
+	}
+	if a.o.Conf.PolicySocket != a.o.PolicySocket {
+		t.Errorf("the conflist would name socket %q", a.o.Conf.PolicySocket)
 	}
 }
