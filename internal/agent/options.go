@@ -27,6 +27,7 @@ type Options struct {
 	Proxy         bool          // run the service proxy
 	Policy        bool          // enforce NetworkPolicy
 	PolicySocket  string        // where the CNI plugin asks to admit a new pod ("" = no admission)
+	PolicyRevoke  bool          // cut established connections a policy change denies
 	MasqueradeAll bool
 	Conf          cniconf.Options
 }
@@ -35,7 +36,7 @@ type Options struct {
 func Defaults() *Options {
 	return &Options{CNIConfDir: "/etc/cni/net.d", CNIConfName: "10-flatnet.conflist",
 		HealthAddr: "127.0.0.1:9465", MetricsAddr: "127.0.0.1:9466", Resync: 30 * time.Second, HealthTimeout: 2 * time.Minute, Proxy: true, Policy: true,
-		PolicySocket: admit.DefaultSocket}
+		PolicySocket: admit.DefaultSocket, PolicyRevoke: true}
 }
 
 type prefixList struct{ out *[]netip.Prefix }
@@ -78,6 +79,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.Proxy, "proxy", o.Proxy, "run the service proxy (replaces kube-proxy)")
 	fs.BoolVar(&o.Policy, "policy", o.Policy, "enforce NetworkPolicy (nftables table flatnet-policy)")
 	fs.StringVar(&o.PolicySocket, "policy-socket", o.PolicySocket, "unix socket (\"@name\": abstract, in the node's network namespace) on which flatnet-cni asks to admit a new pod into the policy tables before its ADD returns; written into the conflist (empty: no admission, pods are not isolated before their status reaches the API server)")
+	fs.BoolVar(&o.PolicyRevoke, "policy-revoke", o.PolicyRevoke, "cut established connections (delete their conntrack entries) that a policy change denies")
 	fs.BoolVar(&o.MasqueradeAll, "masquerade-all", false, "masquerade all traffic to Services")
 	fs.StringVar(&o.Conf.Bridge, "bridge", "", "node bridge name (default flatnet0)")
 	fs.IntVar(&o.Conf.MTU, "mtu", 0, "pod MTU (default: the node's uplink MTU)")

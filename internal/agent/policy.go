@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"reflect"
 
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -95,6 +97,9 @@ func (a *Agent) startPolicy(ctx context.Context, inf policyInformers) error {
 	}
 	for _, e := range a.policies {
 		e.UseAttachments(att)
+		if a.o.PolicyRevoke && a.handle != nil {
+			e.UseConntrack(policy.KernelConntrack{}, a.localAddrs)
+		}
 	}
 	if err := a.serveAdmissions(ctx, inf, att); err != nil {
 		return err
@@ -176,4 +181,20 @@ func policyObjectChanged(old, cur any) bool {
 		return o
 	}
 	return !reflect.DeepEqual(strip(old), strip(cur))
+}
+
+// localAddrs are the node's own addresses (flows to or from them are not
+// the policy table's to judge).
+func (a *Agent) localAddrs() (map[netip.Addr]bool, error) {
+	addrs, err := a.handle.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[netip.Addr]bool, len(addrs))
+	for _, ad := range addrs {
+		if ip, ok := netip.AddrFromSlice(ad.IP); ok {
+			out[ip.Unmap()] = true
+		}
+	}
+	return out, nil
 }

@@ -70,7 +70,12 @@
 // restarted agent reads back before its first commit. Admitter says why
 // this leaves no window.
 //
-// Not yet (later slices): cutting established flows a change denies
-// (conntrack); anti-spoofing; counters per policy and rule, and logs;
-// ClusterNetworkPolicy.
+// Revocation (revoke.go): a commit that takes an allowance away deletes
+// the conntrack entries of the flows of the pods concerned that the new
+// model denies (Model.Allows, held to the tables by a test), so their
+// next packet is judged as a new connection's and dropped; flatnetd does
+// it unless --policy-revoke=false.
+//
+// Not yet (later slices): anti-spoofing; counters per policy and rule,
+// and logs; ClusterNetworkPolicy.
 package policy

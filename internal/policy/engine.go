@@ -37,6 +37,9 @@ type Engine struct {
 	attach   *Attachments
 	restored bool // the attachments in the table have been read back
 	commits  commits
+	ct       Conntrack // nil: established connections are not revoked
+	local    func() (map[netip.Addr]bool, error)
+	revoked  atomic.Uint64 // conntrack entries deleted
 
 	mu        sync.Mutex
 	committed Elements // nil: the next sync rewrites the whole table
@@ -117,6 +120,9 @@ func (e *Engine) sync(ctx context.Context) error {
 	}
 	e.setCommitted(want)
 	e.synced.Store(true)
+	if e.ct != nil {
+		e.revoke(have, want, m)
+	}
 	return nil
 }
 

@@ -24,6 +24,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/flatnet-io/flatnet/internal/admit"
 	"github.com/flatnet-io/flatnet/internal/cniruntime"
 	"github.com/flatnet-io/flatnet/internal/cnitest"
@@ -68,6 +70,7 @@ type node struct {
 	socket  string // abstract, in the node's namespace
 	cluster *cluster
 	agent   *agent
+	revoke  bool // the engines cut established connections a change denies
 }
 
 // agent is what flatnetd runs for policy: engines and the admission server.
@@ -135,6 +138,9 @@ func (n *node) startAgent() {
 			}
 			e := policy.NewEngine(fam, "node", tables, n.cluster, quiet)
 			e.UseAttachments(a.att)
+			if n.revoke {
+				e.UseConntrack(policy.KernelConntrack{}, n.localAddrs)
+			}
 			a.engines = append(a.engines, e)
 		}
 		ln, err = admit.Listen(n.socket)
@@ -165,6 +171,26 @@ func (n *node) stopAgent() {
 		n.agent.stop()
 		n.agent = nil
 	}
+}
+
+// localAddrs are the node's addresses.
+func (n *node) localAddrs() (map[netip.Addr]bool, error) {
+	h, err := netns.Handle(n.ns)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	out := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			out[ip.Unmap()] = true
+		}
+	}
+	return out, nil
 }
 
 // pod is the Pod lookup of the Admitter: the cluster's.
