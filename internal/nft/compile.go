@@ -39,11 +39,12 @@ type compiled struct {
 }
 
 type compiler struct {
-	fam    Family
-	toks   []string
-	i      int
-	out    compiled
-	nextID func() uint32
+	fam      Family
+	toks     []string
+	i        int
+	out      compiled
+	nextID   func() uint32
+	depsDone [][]expr.Any // the protocol checks the rule has made
 }
 
 // compileRule compiles rule (nft syntax) for a table of family fam.
@@ -95,7 +96,7 @@ func (c *compiler) statement() error {
 			return c.mark()
 		}
 		return c.match()
-	case "ip", "ip6", "th":
+	case "ip", "ip6", "th", "iifname", "oifname", "arp":
 		return c.match()
 	case "icmpv6":
 		return c.icmpv6()

@@ -34,7 +34,10 @@
 // Design notes (kernel state): the layer keeps none of its own but the
 // types of the sets it has seen (to encode their elements). Each engine
 // owns one table per family and commits to it in one transaction per
-// sync. Family is the one IP-family type of the engines.
+// sync. Family is the one IP-family type of the engines; its Bridge is a
+// table on the bridge's hooks (the policy engine's anti-spoofing), where
+// IPv4, IPv6 and ARP fields are compiled behind the protocol check nft
+// puts before them.
 package nft
 
 import (

@@ -26,8 +26,9 @@ func TestNetlinkCommitsWhatNftCommits(t *testing.T) {
 	inNamespace(t, "o", func() error {
 		// not in subtests: they run on other threads, outside the namespace
 		for _, fam := range []Family{IPv4, IPv6} {
-			bothWays(t, fam)
+			bothWays(t, fam, oracleTx, oracleChange)
 		}
+		bothWays(t, Bridge, bridgeTx, bridgeChange)
 		return nil
 	})
 }
@@ -185,13 +186,56 @@ func oracleChange(tx *Tx, fam Family) {
 	tx.Add(&knftables.Element{Set: "allow-any", Key: []string{v("10.244.1.2"), v("10.244.1.3")}})
 }
 
-func bothWays(t *testing.T, fam Family) {
+// bridgeRules are the rules of a bridge table: IPv4, IPv6 and ARP fields
+// behind their protocol checks, interface names.
+var bridgeRules = []struct{ chain, rule string }{
+	{"pre", "iifname @ports jump from-pod"},
+	{"from-pod", "iifname . ip saddr @sources-v4 return"},
+	{"from-pod", "iifname . ip6 saddr @sources-v6 return"},
+	{"from-pod", "ip6 saddr fe80::/10 return"},
+	{"from-pod", "ip6 saddr :: return"},
+	{"from-pod", "iifname . arp saddr ip @sources-v4 return"},
+	{"from-pod", "arp saddr ip 0.0.0.0 return"},
+	{"from-pod", "meta protocol ip counter drop"},
+	{"from-pod", "meta protocol arp drop"},
+	{"from-pod", "ip saddr 10.244.0.0/16 ip daddr 10.244.1.2 drop"},
+	{"from-pod", "oifname fn1 drop"},
+}
+
+func bridgeTx(tx *Tx, _ Family) {
+	tx.Add(&knftables.Table{Comment: knftables.PtrTo("a bridge table")})
+	tx.Add(&knftables.Set{Name: "ports", Type: "ifname", Comment: knftables.PtrTo("pod ports")})
+	tx.Add(&knftables.Set{Name: "sources-v4", Type: "ifname . ipv4_addr"})
+	tx.Add(&knftables.Set{Name: "sources-v6", Type: "ifname . ipv6_addr"})
+	typ, hook, prio := knftables.FilterType, knftables.PreroutingHook, knftables.BaseChainPriority("-300")
+	tx.Add(&knftables.Chain{Name: "pre", Type: &typ, Hook: &hook, Priority: &prio})
+	tx.Add(&knftables.Chain{Name: "from-pod"})
+	for _, r := range bridgeRules {
+		tx.Add(&knftables.Rule{Chain: r.chain, Rule: r.rule})
+	}
+	for _, e := range []*knftables.Element{
+		{Set: "ports", Key: []string{"fn0123456789abc"}, Comment: knftables.PtrTo("x/a")},
+		{Set: "sources-v4", Key: []string{"fn0123456789abc", "10.244.1.2"}},
+		{Set: "sources-v6", Key: []string{"fn0123456789abc", "fd00:244::2"}},
+	} {
+		tx.Add(e)
+	}
+}
+
+func bridgeChange(tx *Tx, _ Family) {
+	tx.Delete(&knftables.Element{Set: "sources-v4", Key: []string{"fn0123456789abc", "10.244.1.2"}})
+	tx.Add(&knftables.Element{Set: "sources-v4", Key: []string{"fn0123456789abc", "10.244.1.3"}})
+	tx.Flush(&knftables.Set{Name: "ports"})
+	tx.Add(&knftables.Element{Set: "ports", Key: []string{"fn1"}})
+}
+
+func bothWays(t *testing.T, fam Family, steps ...func(*Tx, Family)) {
 	ctx := context.Background()
 	nl, err := New(fam, "fn-via-netlink")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, step := range []func(*Tx, Family){oracleTx, oracleChange} {
+	for i, step := range steps {
 		viaNft := NewFake(fam, "fn-via-nft").NewTx()
 		step(viaNft, fam)
 		cmd := exec.Command("nft", "-f", "-")
@@ -208,14 +252,14 @@ func bothWays(t *testing.T, fam Family) {
 		if want != got {
 			t.Errorf("%s step %d: over netlink the kernel holds what nft does not (-nft +netlink):\n%s", fam, i, lineDiff(want, got))
 		}
-		if !strings.Contains(want, "lookup reg 1 set __map") && i == 0 {
+		if !strings.Contains(want, "lookup reg 1 set __map") && i == 0 && fam != Bridge {
 			t.Errorf("the test lost its anonymous map:\n%s", want)
 		}
 	}
 }
 
 var (
-	ruleHead = regexp.MustCompile(`(?m)^(ip6? \S+ \S+)( \d+)+$`)
+	ruleHead = regexp.MustCompile(`(?m)^((?:ip6?|bridge) \S+ \S+)( \d+)+$`)
 	anonName = regexp.MustCompile(`__(map|set)\d+`)
 	elements = regexp.MustCompile(`(?s)elements = \{[^}]*\}`)
 )
@@ -223,7 +267,7 @@ var (
 // kernelView is what the kernel holds of a table, in a form that does not
 // depend on its name, on handles, or on the order of hashed elements.
 func kernelView(t *testing.T, fam Family, table string) string {
-	out, err := exec.Command("nft", "--debug=netlink", "list", "table", fam.IP(), table).CombinedOutput()
+	out, err := exec.Command("nft", "--debug=netlink", "list", "table", string(fam.NFT()), table).CombinedOutput()
 	if err != nil {
 		t.Fatalf("list %s: %v\n%s", table, err, out)
 	}

@@ -41,6 +41,7 @@ var datatypes = map[string]datatype{
 	"inet_service": {13, 2, 2},
 	"mark":         {19, 4, 1},
 	"ifname":       {41, 16, 1}, // an interface name, NUL-padded to IFNAMSIZ
+	"ethertype":    {10, 2, 2},
 }
 
 // setDecl is what encoding a set's elements needs of its declaration: its
@@ -188,6 +189,8 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return a
 }
 
+var ethertypes = map[string]uint16{"ip": unix.ETH_P_IP, "ip6": unix.ETH_P_IPV6, "arp": unix.ETH_P_ARP}
+
 var protocols = map[string]byte{"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 
 func encodeField(typ, val string) ([]byte, error) {
@@ -210,6 +213,12 @@ func encodeField(typ, val string) ([]byte, error) {
 			return nil, fmt.Errorf("%s %q", typ, val)
 		}
 		return binary.NativeEndian.AppendUint32(nil, uint32(v)), nil
+	case "ethertype":
+		t, ok := ethertypes[val]
+		if !ok {
+			return nil, fmt.Errorf("ether type %q", val)
+		}
+		return binary.BigEndian.AppendUint16(nil, t), nil
 	case "ifname":
 		if len(val) == 0 || len(val) >= 16 {
 			return nil, fmt.Errorf("interface name %q", val)
