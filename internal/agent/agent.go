@@ -74,6 +74,7 @@ type Agent struct {
 	registry *prometheus.Registry
 	proxiers []*proxy.Proxier // one per cluster CIDR family; none without --proxy
 	policies []*policy.Engine // one per cluster CIDR family; none without --policy
+	guard    *policy.Guard    // anti-spoofing; nil without --policy
 	runner   *runner.Runner   // of the node sync
 	events   *eventSink
 

@@ -68,6 +68,11 @@ func (a *Agent) live(now time.Time) error {
 			return fmt.Errorf("network policy: %w", err)
 		}
 	}
+	if a.guard != nil {
+		if err := a.guard.Status().Stalled(now, a.o.HealthTimeout); err != nil {
+			return fmt.Errorf("anti-spoofing: %w", err)
+		}
+	}
 	return nil
 }
 

@@ -91,15 +91,9 @@ func (a *Agent) startPolicy(ctx context.Context, inf policyInformers) error {
 		a.policies = append(a.policies, policy.NewEngine(fam, a.o.NodeName, tables, src,
 			a.log.With("component", "policy", "family", fam.String())))
 	}
-	att := policy.NewAttachments()
-	if a.handle != nil {
-		att.Links = a.linkNames
-	}
-	for _, e := range a.policies {
-		e.UseAttachments(att)
-		if a.o.PolicyRevoke && a.handle != nil {
-			e.UseConntrack(policy.KernelConntrack{}, a.localAddrs)
-		}
+	att, err := a.startGuard(ctx)
+	if err != nil {
+		return err
 	}
 	if err := a.serveAdmissions(ctx, inf, att); err != nil {
 		return err
@@ -111,6 +105,32 @@ func (a *Agent) startPolicy(ctx context.Context, inf policyInformers) error {
 	return nil
 }
 
+// startGuard gives the engines this node's record of attachments (read
+// back from their tables, as a previous agent left them), and starts the
+// anti-spoofing Guard over it.
+func (a *Agent) startGuard(ctx context.Context) (*policy.Attachments, error) {
+	att := policy.NewAttachments()
+	if a.handle != nil {
+		att.Links = a.linkNames
+	}
+	for _, e := range a.policies {
+		e.UseAttachments(att)
+		if a.o.PolicyRevoke && a.handle != nil {
+			e.UseConntrack(policy.KernelConntrack{}, a.localAddrs)
+		}
+		if err := e.Restore(ctx); err != nil {
+			a.log.Warn("attachments not read back before the anti-spoofing table's first sync", "err", err)
+		}
+	}
+	tables, err := a.newTables(nft.Bridge, policy.GuardTable)
+	if err != nil {
+		return nil, fmt.Errorf("anti-spoofing: %w", err)
+	}
+	a.guard = policy.NewGuard(tables, att, a.log.With("component", "antispoof"))
+	go a.guard.Run(ctx)
+	return att, nil
+}
+
 // serveAdmissions answers the CNI plugin on --policy-socket (package
 // admit; policy.Admitter says why a pod is then isolated from its first
 // packet) and has the conflist name the socket, so that every ADD asks.
@@ -119,7 +139,7 @@ func (a *Agent) serveAdmissions(ctx context.Context, inf policyInformers, att *p
 		return nil
 	}
 	pods := corelisters.NewPodLister(inf.pods.GetIndexer())
-	adm := &policy.Admitter{Node: a.o.NodeName, CIDRs: a.o.ClusterCIDRs, Attachments: att, Engines: a.policies,
+	adm := &policy.Admitter{Node: a.o.NodeName, CIDRs: a.o.ClusterCIDRs, Attachments: att, Engines: []policy.Committer{a.guard},
 		Pod: func(ctx context.Context, namespace, name string, uid types.UID) (*corev1.Pod, error) {
 			if p, err := pods.Pods(namespace).Get(name); err == nil && (uid == "" || p.UID == uid) {
 				return p, nil
@@ -131,6 +151,9 @@ func (a *Agent) serveAdmissions(ctx context.Context, inf policyInformers, att *p
 			slim, _ := policy.Slim(p)
 			return slim.(*corev1.Pod), nil
 		}}
+	for _, e := range a.policies {
+		adm.Engines = append(adm.Engines, e)
+	}
 	ln, err := admit.Listen(a.o.PolicySocket)
 	if err != nil {
 		return fmt.Errorf("network policy admissions: %w", err)

@@ -82,13 +82,16 @@ func (f *lockedFake) Run(ctx context.Context, tx *nft.Tx) error {
 	return f.Fake.Run(ctx, tx)
 }
 
-func isolated(f *lockedFake) []string {
+func isolated(f *lockedFake) []string { return f.keys("ingress-isolated") }
+
+// keys are the keys of a set's elements.
+func (f *lockedFake) keys(set string) []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []string
-	if s := f.Table.Sets["ingress-isolated"]; s != nil {
+	if s := f.Table.Sets[set]; s != nil {
 		for _, e := range s.Elements {
-			out = append(out, e.Key[0])
+			out = append(out, strings.Join(e.Key, " . "))
 		}
 	}
 	slices.Sort(out)
@@ -119,8 +122,8 @@ func TestPolicyEnginesFollowTheAPIServer(t *testing.T) {
 	if err := a.startPolicy(ctx, newPolicyInformers(client)); err != nil {
 		t.Fatal(err)
 	}
-	if len(a.policies) != 2 || len(fakes) != 2 {
-		t.Fatalf("%d engines, %d tables; want one of each per family", len(a.policies), len(fakes))
+	if len(a.policies) != 2 || len(fakes) != 3 || fakes[nft.Bridge] == nil || a.guard == nil {
+		t.Fatalf("%d engines, %d tables; want one of each per family and the anti-spoofing table", len(a.policies), len(fakes))
 	}
 	eventually(t, "ready", func() bool { return a.ready() == nil })
 	if got := isolated(fakes[nft.IPv4]); !slices.Equal(got, []string{"10.244.0.5"}) {
@@ -223,8 +226,9 @@ func TestPolicyTurnsOnBridgeNetfilter(t *testing.T) {
 }
 
 // The plugin's question over the abstract socket of the node's namespace:
-// a new pod without an address in the API server is isolated when the
-// answer comes, and the conflist flatnetd writes names the socket.
+// a new pod without an address in the API server is isolated, and its
+// port guarded, when the answer comes; the conflist flatnetd writes names
+// the socket.
 func TestAdmissionOverTheSocket(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (a network namespace)")
@@ -258,6 +262,9 @@ func TestAdmissionOverTheSocket(t *testing.T) {
 	}
 	if got := isolated(fakes[nft.IPv6]); !slices.Equal(got, []string{"fd00:244::9"}) {
 		t.Errorf("IPv6 isolated %v when the plugin is answered", got)
+	}
+	if got := fakes[nft.Bridge].keys("sources-v4"); !slices.Equal(got, []string{"fn0000 . 10.244.0.9"}) {
+		t.Errorf("anti-spoofing sources %v when the plugin is answered", got)
 	}
 	if a.o.Conf.PolicySocket != a.o.PolicySocket {
 		t.Errorf("the conflist would name socket %q", a.o.Conf.PolicySocket)

@@ -41,11 +41,21 @@ type Admitter struct {
 	Node        string
 	CIDRs       []netip.Prefix // the addresses it may admit: the cluster's pod CIDRs
 	Attachments *Attachments
-	Engines     []*Engine
+	// Engines are what must hold the pod before the plugin is answered:
+	// each family's Engine, and the Guard.
+	Engines []Committer
 	// Pod looks a pod up: the cache when it holds the pod of that UID (or
 	// uid is empty), the API server otherwise.
 	Pod func(ctx context.Context, namespace, name string, uid types.UID) (*corev1.Pod, error)
 }
+
+// Committer is an engine an admission waits for.
+type Committer interface {
+	Commit(ctx context.Context) error
+	Poke()
+}
+
+var _, _ Committer = &Engine{}, &Guard{}
 
 // Handle implements admit.Handler.
 func (a *Admitter) Handle(ctx context.Context, req admit.Request) error {

@@ -76,6 +76,11 @@
 // next packet is judged as a new connection's and dropped; flatnetd does
 // it unless --policy-revoke=false.
 //
-// Not yet (later slices): anti-spoofing; counters per policy and rule,
-// and logs; ClusterNetworkPolicy.
+// Anti-spoofing (guard.go): table "bridge flatnet-antispoof" drops, at
+// the bridge port a frame enters by, IPv4, IPv6 and ARP from an attached
+// pod that does not carry one of its own addresses; the Guard writes it
+// from the attachments, and an admission waits for it too.
+//
+// Not yet (later slices): counters per policy and rule, and logs;
+// ClusterNetworkPolicy; the target of IPv6 neighbour advertisements.
 package policy

@@ -126,8 +126,16 @@ func (e *Engine) sync(ctx context.Context) error {
 	return nil
 }
 
-// restore reads the attachments a previous agent recorded in the table
-// back, once, before the engine's first commit replaces the table.
+// Restore reads the attachments a previous agent recorded in the table
+// back (once; a sync does it too, before the engine's first commit
+// replaces the table): the agent restores before it starts the Guard.
+func (e *Engine) Restore(ctx context.Context) error {
+	if e.attach == nil {
+		return nil
+	}
+	return e.restore(ctx)
+}
+
 func (e *Engine) restore(ctx context.Context) error {
 	if e.restored {
 		return nil

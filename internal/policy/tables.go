@@ -177,8 +177,12 @@ func writeFull(tx *nft.Tx, fam nft.Family, want Elements) {
 // kernel refuses an interval that overlaps one still there), then the
 // additions. It reports whether it wrote anything.
 func writeDiff(tx *nft.Tx, have, want Elements) bool {
+	return writeSetsDiff(tx, setNames(), have, want)
+}
+
+func writeSetsDiff(tx *nft.Tx, sets []string, have, want Elements) bool {
 	wrote := false
-	for _, s := range setNames() {
+	for _, s := range sets {
 		for _, k := range slices.Sorted(maps.Keys(have[s])) {
 			if w, ok := want[s][k]; !ok || w.Comment != have[s][k].Comment {
 				tx.Delete(&knftables.Element{Set: s, Key: have[s][k].Key})
@@ -186,7 +190,7 @@ func writeDiff(tx *nft.Tx, have, want Elements) bool {
 			}
 		}
 	}
-	for _, s := range setNames() {
+	for _, s := range sets {
 		for _, k := range slices.Sorted(maps.Keys(want[s])) {
 			if h, ok := have[s][k]; !ok || h.Comment != want[s][k].Comment {
 				el := &knftables.Element{Set: s, Key: want[s][k].Key}

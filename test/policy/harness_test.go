@@ -73,10 +73,12 @@ type node struct {
 	revoke  bool // the engines cut established connections a change denies
 }
 
-// agent is what flatnetd runs for policy: engines and the admission server.
+// agent is what flatnetd runs for policy: engines, the anti-spoofing
+// guard and the admission server.
 type agent struct {
 	att     *policy.Attachments
 	engines []*policy.Engine
+	guard   *policy.Guard
 	stop    func()
 }
 
@@ -143,20 +145,35 @@ func (n *node) startAgent() {
 			}
 			a.engines = append(a.engines, e)
 		}
+		for _, e := range a.engines {
+			if err := e.Restore(ctx); err != nil {
+				return err
+			}
+		}
+		tables, err := nft.New(nft.Bridge, policy.GuardTable)
+		if err != nil {
+			return err
+		}
+		a.guard = policy.NewGuard(tables, a.att, quiet)
 		ln, err = admit.Listen(n.socket)
 		return err
 	})
 	if err != nil {
 		n.t.Fatal(err)
 	}
+	runners := []interface{ Run(context.Context) }{a.guard}
+	committers := []policy.Committer{a.guard}
 	for _, e := range a.engines {
+		runners, committers = append(runners, e), append(committers, e)
+	}
+	for _, r := range runners {
 		wg.Add(1)
 		go func() { // the runner in the node's namespace: its syncs talk netlink there
 			defer wg.Done()
-			_ = netns.Do(n.ns, func() error { e.Run(ctx); return nil })
+			_ = netns.Do(n.ns, func() error { r.Run(ctx); return nil })
 		}()
 	}
-	adm := &policy.Admitter{Node: "node", Attachments: a.att, Engines: a.engines,
+	adm := &policy.Admitter{Node: "node", Attachments: a.att, Engines: committers,
 		CIDRs: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/24"), netip.MustParsePrefix("fd00:99::/64")},
 		Pod:   n.pod}
 	wg.Add(1)
