@@ -32,9 +32,10 @@ type anonSet struct {
 	elements []ElementOp
 }
 
-// compiled is one rule in kernel expressions.
+// compiled is one rule in kernel expressions: google/nftables' (expr.Any),
+// or those it lacks (*objrefMap), encoded by this package.
 type compiled struct {
-	exprs []expr.Any
+	exprs []any
 	anon  []anonSet
 }
 
@@ -81,7 +82,11 @@ func (c *compiler) expect(words ...string) error {
 	return nil
 }
 
-func (c *compiler) emit(e ...expr.Any) { c.out.exprs = append(c.out.exprs, e...) }
+func (c *compiler) emit(e ...expr.Any) {
+	for _, x := range e {
+		c.out.exprs = append(c.out.exprs, x)
+	}
+}
 
 func (c *compiler) statement() error {
 	switch t := c.peek(0); t {
@@ -103,9 +108,11 @@ func (c *compiler) statement() error {
 	case "update":
 		return c.update()
 	case "counter":
-		c.next()
-		c.emit(&expr.Counter{})
-		return nil
+		return c.counter()
+	case "log":
+		return c.log()
+	case "limit":
+		return c.limit()
 	case "jump", "goto", "return", "drop", "accept":
 		return c.verdict()
 	case "masquerade":

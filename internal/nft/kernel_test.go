@@ -160,6 +160,17 @@ func TestListElementsReadsBack(t *testing.T) {
 					t.Errorf("%s: %s %s reads back as\n%s\nwant\n%s", fam, o.typ, o.name, g, w)
 				}
 			}
+			counters, err := again.ListCounters(ctx)
+			var names []string
+			for _, c := range counters {
+				if c.Packets == nil || *c.Packets != 0 {
+					t.Errorf("%s: counter %s reads %v packets", fam, c.Name, c.Packets)
+				}
+				names = append(names, c.Name)
+			}
+			if slices.Sort(names); err != nil || strings.Join(names, " ") != "commented in-1 in-2 spoofed" {
+				t.Errorf("%s: counters %v (%v)", fam, names, err)
+			}
 			for _, s := range []string{"allow-tcp", "service-ips"} { // intervals; a verdict map's key type is lost
 				if _, err := again.ListElements(ctx, "set", s); err == nil {
 					t.Errorf("%s: %s read back without an error", fam, s)

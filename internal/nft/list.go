@@ -101,3 +101,22 @@ func decodeField(typ string, b []byte) string {
 	}
 	return strconv.FormatUint(uint64(binary.NativeEndian.Uint32(b)), 10)
 }
+
+// ListCounters implements Tables: the named counters over netlink, with
+// their values (not their comments).
+func (k *kernel) ListCounters(_ context.Context) ([]*knftables.Counter, error) {
+	objs, err := k.conn.GetObjects(&gnftables.Table{Name: k.table, Family: gnftables.TableFamily(k.fam.proto())})
+	if err != nil {
+		if strings.Contains(err.Error(), unix.ENOENT.Error()) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list counters: %w", err)
+	}
+	var out []*knftables.Counter
+	for _, o := range objs {
+		if c, ok := o.(*gnftables.CounterObj); ok && c.Table != nil && c.Table.Name == k.table {
+			out = append(out, &knftables.Counter{Name: c.Name, Packets: knftables.PtrTo(c.Packets), Bytes: knftables.PtrTo(c.Bytes)})
+		}
+	}
+	return out, nil
+}

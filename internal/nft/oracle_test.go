@@ -79,6 +79,11 @@ var oracleRules = []struct{ chain, rule string }{
 	{"ingress", "icmpv6 type nd-neighbor-solicit accept"},
 	{"ingress", "icmpv6 type nd-neighbor-advert accept"},
 	{"ingress", "counter drop"},
+	{"ingress", "counter name ip daddr map @pod-counters"},
+	{"ingress", "ip daddr @isolated counter name ip daddr . ip saddr map @pair-counters drop"},
+	{"ingress", "counter name spoofed"},
+	{"ingress", "ip daddr @isolated limit rate 20/second log prefix \"flatnet:ingress\" group 7"},
+	{"ingress", "limit rate 100/minute burst 20 packets log group 3"},
 }
 
 var ip6ify = strings.NewReplacer("10.244.0.0/16", "fd00:244::/48",
@@ -114,6 +119,12 @@ func oracleTx(tx *Tx, fam Family) {
 	tx.Add(&knftables.Set{Name: "allow-tcp", Type: v("ipv4_addr . ipv4_addr . inet_service"), Flags: interval, Comment: knftables.PtrTo("pod . peers . ports")})
 	tx.Add(&knftables.Set{Name: "allow-any", Type: v("ipv4_addr . ipv4_addr"), Flags: interval})
 	tx.Add(&knftables.Set{Name: "attached", Type: v("ifname . ipv4_addr"), Comment: knftables.PtrTo("host veth . pod address")})
+	for _, c := range []string{"spoofed", "in-1", "in-2"} {
+		tx.Add(&knftables.Counter{Name: c})
+	}
+	tx.Add(&knftables.Counter{Name: "commented", Comment: knftables.PtrTo("x/a ingress")})
+	tx.Add(&knftables.Map{Name: "pod-counters", Type: v("ipv4_addr : counter"), Comment: knftables.PtrTo("a counter per pod")})
+	tx.Add(&knftables.Map{Name: "pair-counters", Type: v("ipv4_addr . ipv4_addr : counter")})
 	tx.Add(&knftables.Set{Name: "affinity", Type: v("ipv4_addr"), Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
 		Timeout: knftables.PtrTo(3 * time.Hour), Comment: knftables.PtrTo("clients of 10.244.1.2:8080 (10800s affinity)")})
 	hook := func(name string, typ knftables.BaseChainType, h knftables.BaseChainHook, prio knftables.BaseChainPriority) {
@@ -149,6 +160,9 @@ func oracleTx(tx *Tx, fam Family) {
 		{Set: "allow-any", Key: []string{"10.244.1.2", "10.9.0.1-10.9.0.7"}},
 		{Set: "attached", Key: []string{"fn0123456789abc", "10.244.1.2"}, Comment: knftables.PtrTo("0f2b7c1e-4d6a-4b8e-9a51-3c2d1e0f9a8b")},
 		{Set: "attached", Key: []string{"fn1", "10.244.1.3"}},
+		{Map: "pod-counters", Key: []string{"10.244.1.2"}, Value: []string{"in-1"}},
+		{Map: "pod-counters", Key: []string{"10.244.1.3"}, Value: []string{"in-2"}},
+		{Map: "pair-counters", Key: []string{"10.244.1.3", "10.244.1.2"}, Value: []string{"in-2"}},
 	} {
 		for i := range e.Key {
 			e.Key[i] = v(e.Key[i])
@@ -184,6 +198,12 @@ func oracleChange(tx *Tx, fam Family) {
 	tx.Delete(&knftables.Element{Set: "allow-tcp", Key: []string{v("10.244.1.2"), v("10.244.0.0/16"), "80-90"}})
 	tx.Add(&knftables.Element{Set: "allow-tcp", Key: []string{v("10.244.1.2"), v("10.244.0.0/16"), "79-100"}})
 	tx.Add(&knftables.Element{Set: "allow-any", Key: []string{v("10.244.1.2"), v("10.244.1.3")}})
+	// a counter out of its map, then gone; another one new
+	tx.Delete(&knftables.Element{Map: "pod-counters", Key: []string{v("10.244.1.3")}})
+	tx.Delete(&knftables.Element{Map: "pair-counters", Key: []string{v("10.244.1.3"), v("10.244.1.2")}})
+	tx.Delete(&knftables.Counter{Name: "in-2"})
+	tx.Add(&knftables.Counter{Name: "in-3"})
+	tx.Add(&knftables.Element{Map: "pod-counters", Key: []string{v("10.244.1.3")}, Value: []string{"in-3"}})
 }
 
 // bridgeRules are the rules of a bridge table: IPv4, IPv6 and ARP fields
@@ -252,8 +272,11 @@ func bothWays(t *testing.T, fam Family, steps ...func(*Tx, Family)) {
 		if want != got {
 			t.Errorf("%s step %d: over netlink the kernel holds what nft does not (-nft +netlink):\n%s", fam, i, lineDiff(want, got))
 		}
-		if !strings.Contains(want, "lookup reg 1 set __map") && i == 0 && fam != Bridge {
-			t.Errorf("the test lost its anonymous map:\n%s", want)
+		for _, must := range []string{"lookup reg 1 set __map", "objref sreg 1 set pod-counters", "[ objref type 1 name spoofed ]",
+			"log prefix flatnet:ingress group 7", "limit rate 100/minute burst 20", "counter commented"} {
+			if !strings.Contains(want, must) && i == 0 && fam != Bridge {
+				t.Errorf("the kernel does not hold %q:\n%s", must, want)
+			}
 		}
 	}
 }

@@ -98,6 +98,9 @@ type Tables interface {
 	// none when it does not exist. Sets of intervals and verdict maps are
 	// not read.
 	ListElements(ctx context.Context, objectType, name string) ([]*knftables.Element, error)
+	// ListCounters lists the table's named counters with their values;
+	// none when the table does not exist.
+	ListCounters(ctx context.Context) ([]*knftables.Counter, error)
 }
 
 // Fake is Tables over knftables' Fake: the table in memory, for unit
@@ -131,4 +134,14 @@ func (f *Fake) ListElements(ctx context.Context, objectType, name string) ([]*kn
 		return nil, nil
 	}
 	return els, err
+}
+
+// ListCounters implements Tables: none when the table does not exist, as
+// the kernel's.
+func (f *Fake) ListCounters(ctx context.Context) ([]*knftables.Counter, error) {
+	cs, err := f.Fake.ListCounters(ctx)
+	if knftables.IsNotFound(err) {
+		return nil, nil
+	}
+	return cs, err
 }

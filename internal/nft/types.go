@@ -59,6 +59,7 @@ func declOf(typ string, flags []knftables.SetFlag) setDecl {
 type setType struct {
 	magic, size, order uint32
 	fields             []uint32 // each field's length, unpadded
+	counter            bool     // the data of a map of named counters
 }
 
 // parseSetType reads "KEY [: DATA]".
@@ -67,8 +68,11 @@ func parseSetType(typ string) (key, data setType, isMap bool, err error) {
 	if key, err = parseFields(k); err != nil || !isMap {
 		return key, data, isMap, err
 	}
-	if d == "verdict" {
+	switch d {
+	case "verdict":
 		return key, setType{magic: unix.NFT_DATA_VERDICT}, true, nil
+	case "counter":
+		return key, setType{counter: true}, true, nil
 	}
 	data, err = parseFields(d)
 	return key, data, true, err
