@@ -98,6 +98,9 @@ func (a *Agent) startPolicy(ctx context.Context, inf policyInformers) error {
 	if err := a.serveAdmissions(ctx, inf, att); err != nil {
 		return err
 	}
+	if err := a.registry.Register(policy.NewVerdicts(a.policies, a.guard)); err != nil {
+		return fmt.Errorf("network policy metrics: %w", err)
+	}
 	inf.start(ctx.Done())
 	for _, e := range a.policies {
 		go e.Run(ctx)

@@ -19,6 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/flatnet-io/flatnet/internal/admit"
 	"github.com/flatnet-io/flatnet/internal/netns"
 	"github.com/flatnet-io/flatnet/internal/nft"
@@ -43,7 +45,7 @@ func testNamespace(name string) *corev1.Namespace {
 // engines write into Fakes, wired to a fake API server holding objs.
 func policyAgent(t *testing.T, objs ...any) (*Agent, *fake.Clientset, map[nft.Family]*lockedFake) {
 	t.Helper()
-	a := &Agent{o: Defaults(), metrics: newMetrics(), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	a := &Agent{o: Defaults(), metrics: newMetrics(), log: slog.New(slog.NewTextHandler(io.Discard, nil)), registry: prometheus.NewRegistry()}
 	a.o.NodeName = "n1"
 	a.o.PolicySocket = "" // admissions: TestAdmissionOverTheSocket, in a namespace of its own
 	a.o.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/48")}
@@ -142,6 +144,14 @@ func TestPolicyEnginesFollowTheAPIServer(t *testing.T) {
 	eventually(t, "no pod isolated once the policy is gone", func() bool { return len(isolated(fakes[nft.IPv4])) == 0 })
 	if err := a.live(time.Now()); err != nil {
 		t.Errorf("not live: %v", err)
+	}
+	fams, err := a.registry.Gather()
+	names := map[string]bool{}
+	for _, f := range fams {
+		names[f.GetName()] = true
+	}
+	if err != nil || !names["flatnet_policy_revoked_flows_total"] || !names["flatnet_policy_spoofed_packets_total"] {
+		t.Errorf("the policy metrics are not served: %v %v", names, err)
 	}
 }
 

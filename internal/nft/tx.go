@@ -137,11 +137,15 @@ func (f *Fake) ListElements(ctx context.Context, objectType, name string) ([]*kn
 }
 
 // ListCounters implements Tables: none when the table does not exist, as
-// the kernel's.
-func (f *Fake) ListCounters(ctx context.Context) ([]*knftables.Counter, error) {
-	cs, err := f.Fake.ListCounters(ctx)
-	if knftables.IsNotFound(err) {
+// the kernel's. (knftables' own panics without a table and lists a nil
+// for each counter.)
+func (f *Fake) ListCounters(context.Context) ([]*knftables.Counter, error) {
+	if f.Table == nil {
 		return nil, nil
 	}
-	return cs, err
+	out := make([]*knftables.Counter, 0, len(f.Table.Counters))
+	for _, c := range f.Table.Counters {
+		out = append(out, knftables.PtrTo(c.Counter))
+	}
+	return out, nil
 }

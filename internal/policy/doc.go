@@ -30,9 +30,12 @@
 //	  ip saddr @egress-isolated jump egress
 //	  ip daddr @ingress-isolated jump ingress
 //	chain egress (ingress alike, with daddr . saddr)
+//	  counter name ip saddr map @egress-new
 //	  meta l4proto tcp ip saddr . ip daddr . th dport @egress-tcp return
 //	  (udp, sctp alike)
 //	  ip saddr . ip daddr @egress-any return
+//	  ip saddr @egress-log limit rate 20/second log prefix "flatnet:egress" group 17998
+//	  counter name ip saddr map @egress-denied drop
 //	  counter drop
 //
 // The isolated sets hold this node's pod addresses; the others are
@@ -81,6 +84,15 @@
 // pod that does not carry one of its own addresses; the Guard writes it
 // from the attachments, and an admission waits for it too.
 //
-// Not yet (later slices): counters per policy and rule, and logs;
-// ClusterNetworkPolicy; the target of IPv6 neighbour advertisements.
+// Verdicts you can see (verdicts.go): each direction's chain counts, per
+// isolated pod, the first packets it judges and those it drops, in named
+// counters found through maps keyed by the pod's address (an extra hash
+// lookup per first packet of an isolated pod); the metrics add each
+// pod's counts to the policies isolating it. Pods of namespaces
+// annotated policy.flatnet.io/log: "deny" have their dropped first
+// packets logged to nfnetlink_log group LogGroup, LogRate a second per
+// direction.
+//
+// Not yet (later slices): counters per rule; ClusterNetworkPolicy; the
+// target of IPv6 neighbour advertisements.
 package policy

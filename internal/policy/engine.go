@@ -39,7 +39,8 @@ type Engine struct {
 	commits  commits
 	ct       Conntrack // nil: established connections are not revoked
 	local    func() (map[netip.Addr]bool, error)
-	revoked  atomic.Uint64 // conntrack entries deleted
+	revoked  atomic.Uint64         // conntrack entries deleted
+	model    atomic.Pointer[Model] // of the last sync that succeeded
 
 	mu        sync.Mutex
 	committed Elements // nil: the next sync rewrites the whole table
@@ -110,8 +111,13 @@ func (e *Engine) sync(ctx context.Context) error {
 	e.mu.Unlock()
 	tx := e.tables.NewTx()
 	if have == nil {
-		writeFull(tx, e.fam, want)
+		counters, err := e.tables.ListCounters(ctx)
+		if err != nil {
+			return fmt.Errorf("list the counters of %s (%s): %w", Table, e.fam, err)
+		}
+		writeFull(tx, e.fam, want, counterNames(counters))
 	} else if !writeDiff(tx, have, want) {
+		e.model.Store(m)
 		return e.check(ctx, want)
 	}
 	if err := e.tables.Run(ctx, tx); err != nil {
@@ -119,6 +125,7 @@ func (e *Engine) sync(ctx context.Context) error {
 		return fmt.Errorf("program %s (%s): %w", Table, e.fam, err)
 	}
 	e.setCommitted(want)
+	e.model.Store(m)
 	e.synced.Store(true)
 	if e.ct != nil {
 		e.revoke(have, want, m)
@@ -186,7 +193,7 @@ func (e *Engine) check(ctx context.Context, want Elements) error {
 	}
 	e.log.Warn("policy table missing; rewriting it", "table", Table)
 	tx := e.tables.NewTx()
-	writeFull(tx, e.fam, want)
+	writeFull(tx, e.fam, want, nil)
 	if err := e.tables.Run(ctx, tx); err != nil {
 		e.setCommitted(nil)
 		return fmt.Errorf("program %s (%s): %w", Table, e.fam, err)

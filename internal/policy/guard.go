@@ -33,7 +33,7 @@ import (
 //	    ip6 saddr :: return              duplicate address detection
 //	    iifname . arp saddr ip @sources-v4 return
 //	    arp saddr ip 0.0.0.0 return      ARP probes
-//	    meta protocol ip counter drop    (ip6, arp alike)
+//	    meta protocol ip counter name spoofed-ip drop    (ip6, arp alike)
 //
 // Frames of other protocols pass. A port not in the record (a pod
 // attached before the agent ran, or by a plugin without the policy
@@ -50,6 +50,10 @@ const (
 )
 
 var guardSets = []string{guardPorts, guardV4, guardV6}
+
+// SpoofedProtocols are the protocols whose spoofed frames are counted
+// (named counters spoofed-ip, spoofed-ip6, spoofed-arp).
+var SpoofedProtocols = []string{"ip", "ip6", "arp"}
 
 // Guard keeps the anti-spoofing table in step with this node's
 // attachments, on a runner of its own; its first sync, and the one after
@@ -175,10 +179,11 @@ func writeGuard(tx *nft.Tx) {
 		"ip6 saddr :: return",
 		"iifname . arp saddr ip @" + guardV4 + " return",
 		"arp saddr ip 0.0.0.0 return",
-		"meta protocol ip counter drop",
-		"meta protocol ip6 counter drop",
-		"meta protocol arp counter drop",
 	} {
 		tx.Add(&knftables.Rule{Chain: "from-pod", Rule: r})
+	}
+	for _, p := range SpoofedProtocols {
+		tx.Add(&knftables.Counter{Name: "spoofed-" + p, Comment: knftables.PtrTo("frames from a pod with another's " + p + " address, dropped")})
+		tx.Add(&knftables.Rule{Chain: "from-pod", Rule: "meta protocol " + p + " counter name spoofed-" + p + " drop"})
 	}
 }

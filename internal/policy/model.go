@@ -34,6 +34,12 @@ type Direction struct {
 	Any map[netip.Addr]addrSet
 	// Ports allows a pod, per protocol, the peers on ranges of ports.
 	Ports map[Proto]map[netip.Addr][]PortPeers
+	// Policies are, per isolated pod, the policies that isolate it
+	// ("namespace/name", sorted): what its verdicts are counted against.
+	Policies map[netip.Addr][]string
+	// Logged are the isolated pods whose denied connections are logged:
+	// their namespace is annotated policy.flatnet.io/log: "deny".
+	Logged []netip.Addr
 }
 
 // Compute computes what node enforces in family fam.
@@ -81,14 +87,15 @@ func (b *builder) policy(np *networkingv1.NetworkPolicy) {
 		return
 	}
 	ingress, egress := PolicyTypes(&np.Spec)
+	ref := np.Namespace + "/" + np.Name
 	if ingress {
-		b.in.isolate(targets)
+		b.in.isolate(ref, targets, b.ix.logged(np.Namespace))
 		for _, r := range np.Spec.Ingress {
 			b.ingressRule(np.Namespace, targets, r)
 		}
 	}
 	if egress {
-		b.out.isolate(targets)
+		b.out.isolate(ref, targets, b.ix.logged(np.Namespace))
 		for _, r := range np.Spec.Egress {
 			b.egressRule(np.Namespace, targets, r)
 		}
@@ -165,19 +172,24 @@ func singles(ips []netip.Addr) []AddrRange {
 
 // dirBuilder collects one direction's isolation and grants.
 type dirBuilder struct {
-	isolated map[netip.Addr]bool
+	isolated map[netip.Addr][]string // the policies isolating each pod
+	logged   map[netip.Addr]bool
 	any      map[netip.Addr][]AddrRange
 	ports    map[Proto]map[netip.Addr][]portGrant
 }
 
 func newDirBuilder() *dirBuilder {
-	return &dirBuilder{isolated: map[netip.Addr]bool{}, any: map[netip.Addr][]AddrRange{}, ports: map[Proto]map[netip.Addr][]portGrant{}}
+	return &dirBuilder{isolated: map[netip.Addr][]string{}, logged: map[netip.Addr]bool{},
+		any: map[netip.Addr][]AddrRange{}, ports: map[Proto]map[netip.Addr][]portGrant{}}
 }
 
-func (d *dirBuilder) isolate(targets []*podInfo) {
+func (d *dirBuilder) isolate(policy string, targets []*podInfo, logged bool) {
 	for _, t := range targets {
 		for _, ip := range t.ips {
-			d.isolated[ip] = true
+			d.isolated[ip] = append(d.isolated[ip], policy)
+			if logged {
+				d.logged[ip] = true
+			}
 		}
 	}
 }
@@ -203,11 +215,17 @@ func (d *dirBuilder) grant(t *podInfo, proto Proto, ports PortRange, peers []Add
 }
 
 func (d *dirBuilder) finish() Direction {
-	out := Direction{Any: map[netip.Addr]addrSet{}, Ports: map[Proto]map[netip.Addr][]PortPeers{}}
-	for ip := range d.isolated {
+	out := Direction{Any: map[netip.Addr]addrSet{}, Ports: map[Proto]map[netip.Addr][]PortPeers{}, Policies: map[netip.Addr][]string{}}
+	for ip, ps := range d.isolated {
 		out.Isolated = append(out.Isolated, ip)
+		slices.Sort(ps)
+		out.Policies[ip] = slices.Compact(ps)
 	}
 	out.Isolated = sortAddrs(out.Isolated)
+	for ip := range d.logged {
+		out.Logged = append(out.Logged, ip)
+	}
+	out.Logged = sortAddrs(out.Logged)
 	for ip, rs := range d.any {
 		if set := union(rs...); len(set) > 0 {
 			out.Any[ip] = set

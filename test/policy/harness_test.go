@@ -265,8 +265,14 @@ func serve(t *testing.T, p cniruntime.Pod) {
 
 // reaches reports whether a TCP connect from pod src to dst:80 succeeds.
 func reaches(src cniruntime.Pod, dst netip.Addr) bool {
+	return reachesAddr(src, netip.AddrPortFrom(dst, 80))
+}
+
+type cniPod = cniruntime.Pod
+
+func reachesAddr(src cniruntime.Pod, dst netip.AddrPort) bool {
 	err := netns.Do(src.NetNS, func() error {
-		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(dst, 80).String(), 700*time.Millisecond)
+		c, err := net.DialTimeout("tcp", dst.String(), 700*time.Millisecond)
 		if err == nil {
 			c.Close()
 		}

@@ -48,6 +48,12 @@ func TestForgedSourceIsDropped(t *testing.T) {
 			delAddr(t, evil, forged)
 		}
 	}
+	got := n.samples(t)
+	for _, p := range []string{"ip", "ip6"} {
+		if c := got["flatnet_policy_spoofed_packets_total{protocol="+p+"}"]; c < 3 {
+			t.Errorf("%s: %v spoofed packets counted, want the 3 sent at least", p, c)
+		}
+	}
 }
 
 // sources records the source addresses of UDP datagrams to port 80.
@@ -189,6 +195,9 @@ func TestForgedARPIsDropped(t *testing.T) {
 		}
 		_ = h.NeighDel(&netlink.Neigh{LinkIndex: link(t, h).Attrs().Index, IP: otherIP.AsSlice()})
 		h.Close()
+	}
+	if c := n.samples(t)["flatnet_policy_spoofed_packets_total{protocol=arp}"]; c < 2 {
+		t.Errorf("%v spoofed ARP packets counted, want the 2 sent at least", c)
 	}
 }
 
