@@ -81,7 +81,8 @@ type Agent struct {
 	installed atomic.Bool // the conflist is in place
 	lastErr   atomic.Pointer[error]
 
-	tables func(nft.Family, string) (nft.Tables, error) // nil: the kernel's (tests: Fakes)
+	tables    func(nft.Family, string) (nft.Tables, error) // nil: the kernel's (tests: Fakes)
+	policyLog atomic.Pointer[policy.Log]                   // denied connections; nil without --policy
 }
 
 // Run runs the agent until ctx ends.

@@ -110,5 +110,6 @@ func (a *Agent) healthHandler() http.Handler {
 	}
 	mux.HandleFunc("/healthz", check(func() error { return a.live(time.Now()) }))
 	mux.HandleFunc("/readyz", check(a.ready))
+	mux.HandleFunc("/policy/log", a.servePolicyLog)
 	return mux
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"reflect"
 
@@ -100,6 +101,15 @@ func (a *Agent) startPolicy(ctx context.Context, inf policyInformers) error {
 	}
 	if err := a.registry.Register(policy.NewVerdicts(a.policies, a.guard)); err != nil {
 		return fmt.Errorf("network policy metrics: %w", err)
+	}
+	if a.handle != nil { // the kernel's tables (not a test's Fakes)
+		l := policy.NewLog(a.policies, a.log.With("component", "policy-log"))
+		a.policyLog.Store(l)
+		go func() {
+			if err := l.Run(ctx); err != nil {
+				a.log.Warn("denied connections will not be logged", "err", err)
+			}
+		}()
 	}
 	inf.start(ctx.Done())
 	for _, e := range a.policies {
@@ -223,4 +233,15 @@ func (a *Agent) localAddrs() (map[netip.Addr]bool, error) {
 		}
 	}
 	return out, nil
+}
+
+// servePolicyLog answers the recent denied connections (`flatnet policy
+// log` reads them), as JSON.
+func (a *Agent) servePolicyLog(w http.ResponseWriter, r *http.Request) {
+	l := a.policyLog.Load()
+	if l == nil {
+		http.Error(w, "network policy is off", http.StatusNotFound)
+		return
+	}
+	l.ServeHTTP(w, r)
 }

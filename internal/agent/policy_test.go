@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"slices"
@@ -278,5 +280,23 @@ func TestAdmissionOverTheSocket(t *testing.T) {
 	}
 	if a.o.Conf.PolicySocket != a.o.PolicySocket {
 		t.Errorf("the conflist would name socket %q", a.o.Conf.PolicySocket)
+	}
+}
+
+// /policy/log serves the recent denied connections (none yet here), and
+// says so when policy is off.
+func TestPolicyLogEndpoint(t *testing.T) {
+	a := &Agent{o: Defaults(), metrics: newMetrics()}
+	get := func() (int, string) {
+		rec := httptest.NewRecorder()
+		a.healthHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/policy/log", nil))
+		return rec.Code, strings.TrimSpace(rec.Body.String())
+	}
+	if code, _ := get(); code != http.StatusNotFound {
+		t.Errorf("policy off: %d", code)
+	}
+	a.policyLog.Store(policy.NewLog(nil, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if code, body := get(); code != http.StatusOK || body != "[]" {
+		t.Errorf("policy on: %d %q", code, body)
 	}
 }

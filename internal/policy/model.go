@@ -23,6 +23,9 @@ type Model struct {
 	// Problems are what could not be read (a selector, a CIDR) and was
 	// taken to select nothing.
 	Problems []string
+	// Names are the pods of the cluster by address ("namespace/name"),
+	// for logs.
+	Names map[netip.Addr]string
 }
 
 // Direction is one direction's isolation and what it allows.
@@ -50,7 +53,13 @@ func Compute(c *Cluster, node string, fam nft.Family) *Model {
 		b.policy(np)
 	}
 	slices.Sort(ix.problems)
-	return &Model{Family: fam, Ingress: b.in.finish(), Egress: b.out.finish(), Problems: slices.Compact(ix.problems)}
+	names := make(map[netip.Addr]string, len(ix.pods))
+	for _, p := range ix.pods {
+		for _, ip := range p.ips {
+			names[ip] = p.pod.Namespace + "/" + p.pod.Name
+		}
+	}
+	return &Model{Family: fam, Ingress: b.in.finish(), Egress: b.out.finish(), Problems: slices.Compact(ix.problems), Names: names}
 }
 
 // PolicyTypes are the directions a policy isolates, with the API's

@@ -79,6 +79,7 @@ type agent struct {
 	att     *policy.Attachments
 	engines []*policy.Engine
 	guard   *policy.Guard
+	log     *policy.Log
 	stop    func()
 }
 
@@ -161,7 +162,8 @@ func (n *node) startAgent() {
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	runners := []interface{ Run(context.Context) }{a.guard}
+	a.log = policy.NewLog(a.engines, quiet)
+	runners := []interface{ Run(context.Context) }{a.guard, logRunner{a.log}}
 	committers := []policy.Committer{a.guard}
 	for _, e := range a.engines {
 		runners, committers = append(runners, e), append(committers, e)
@@ -209,6 +211,10 @@ func (n *node) localAddrs() (map[netip.Addr]bool, error) {
 	}
 	return out, nil
 }
+
+type logRunner struct{ l *policy.Log }
+
+func (r logRunner) Run(ctx context.Context) { _ = r.l.Run(ctx) }
 
 // pod is the Pod lookup of the Admitter: the cluster's.
 func (n *node) pod(_ context.Context, namespace, name string, _ types.UID) (*corev1.Pod, error) {
