@@ -56,24 +56,8 @@ func (a *Agent) startPolicy(ctx context.Context, inf policyInformers) error {
 	if err := enableBridgeNetfilter(); err != nil {
 		a.log.Warn("bridged pod traffic will not meet the policy table", "err", err)
 	}
-	poke := func() {
-		for _, e := range a.policies {
-			e.Poke()
-		}
-	}
-	for _, i := range []cache.SharedIndexInformer{inf.policies, inf.pods, inf.namespaces} {
-		_ = i.SetTransform(policy.Slim)
-		if _, err := i.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { poke() },
-			DeleteFunc: func(any) { poke() },
-			UpdateFunc: func(old, cur any) {
-				if policyObjectChanged(old, cur) {
-					poke()
-				}
-			},
-		}); err != nil {
-			return err
-		}
+	if err := a.watchPolicyObjects(inf); err != nil {
+		return err
 	}
 	src := policy.Listers{
 		Policies:   networkinglisters.NewNetworkPolicyLister(inf.policies.GetIndexer()),
@@ -189,6 +173,31 @@ func (a *Agent) linkNames() (map[string]bool, error) {
 		out[l.Attrs().Name] = true
 	}
 	return out, nil
+}
+
+// watchPolicyObjects slims the informers' objects and has their changes
+// poke every engine.
+func (a *Agent) watchPolicyObjects(inf policyInformers) error {
+	poke := func() {
+		for _, e := range a.policies {
+			e.Poke()
+		}
+	}
+	for _, i := range []cache.SharedIndexInformer{inf.policies, inf.pods, inf.namespaces} {
+		_ = i.SetTransform(policy.Slim)
+		if _, err := i.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { poke() },
+			DeleteFunc: func(any) { poke() },
+			UpdateFunc: func(old, cur any) {
+				if policyObjectChanged(old, cur) {
+					poke()
+				}
+			},
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // newTables opens an engine's table in the kernel (a test's Fake instead).

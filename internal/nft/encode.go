@@ -149,29 +149,9 @@ func (a *attrs) set(name string, id uint32, typ string, flags []knftables.SetFla
 	if err != nil {
 		return fmt.Errorf("set %s: %w", name, err)
 	}
-	var f uint32
-	switch {
-	case data.counter:
-		f |= unix.NFT_SET_OBJECT // a map of named counters
-	case isMap:
-		f |= unix.NFT_SET_MAP
-	}
-	for _, fl := range flags {
-		switch fl {
-		case knftables.DynamicFlag:
-			f |= unix.NFT_SET_EVAL
-		case knftables.TimeoutFlag:
-			f |= unix.NFT_SET_TIMEOUT
-		case knftables.ConstantFlag:
-			f |= unix.NFT_SET_CONSTANT
-		case knftables.IntervalFlag:
-			f |= unix.NFT_SET_INTERVAL
-		default:
-			return fmt.Errorf("set %s: flag %s is not supported", name, fl)
-		}
-	}
-	if timeout != nil {
-		f |= unix.NFT_SET_TIMEOUT
+	f, err := setFlags(flags, timeout != nil, data.counter, isMap)
+	if err != nil {
+		return fmt.Errorf("set %s: %w", name, err)
 	}
 	if len(key.fields) > 1 {
 		f |= nftSetConcat // the kernel wants it with the fields' lengths
@@ -205,6 +185,36 @@ func (a *attrs) set(name string, id uint32, typ string, flags []knftables.SetFla
 	}
 	a.raw(unix.NFTA_SET_USERDATA, ud)
 	return nil
+}
+
+// setFlags are the kernel's flags of a set declared with flags (a map
+// when isMap, of named counters when counters).
+func setFlags(flags []knftables.SetFlag, timeout, counters, isMap bool) (uint32, error) {
+	var f uint32
+	switch {
+	case counters:
+		f |= unix.NFT_SET_OBJECT
+	case isMap:
+		f |= unix.NFT_SET_MAP
+	}
+	for _, fl := range flags {
+		switch fl {
+		case knftables.DynamicFlag:
+			f |= unix.NFT_SET_EVAL
+		case knftables.TimeoutFlag:
+			f |= unix.NFT_SET_TIMEOUT
+		case knftables.ConstantFlag:
+			f |= unix.NFT_SET_CONSTANT
+		case knftables.IntervalFlag:
+			f |= unix.NFT_SET_INTERVAL
+		default:
+			return 0, fmt.Errorf("flag %s is not supported", fl)
+		}
+	}
+	if timeout {
+		f |= unix.NFT_SET_TIMEOUT
+	}
+	return f, nil
 }
 
 // setDesc writes the size (nft gives a set that packets fill a size of
