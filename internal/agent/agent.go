@@ -13,7 +13,15 @@
 //     the service proxy (package proxy), which replaces kube-proxy; bridged
 //     IPv4 traffic is sent through the IP hooks
 //     (net.bridge.bridge-nf-call-iptables=1 in the node's namespace) so that
-//     replies from a backend on the same bridge are de-NATed.
+//     replies from a backend on the same bridge are de-NATed;
+//   - with --policy (the default), NetworkPolicy is enforced by an engine
+//     per family (package policy; policy.go wires its informers), and
+//     bridged traffic goes through the IP hooks for it too; flatnetd also
+//     answers the CNI plugin's admissions on --policy-socket (a new pod is
+//     isolated before its ADD returns), guards the bridge ports against
+//     spoofed sources, cuts established connections a change denies
+//     (--policy-revoke), and serves verdict metrics and the log of denied
+//     connections (/policy/log).
 //
 // Design notes: informer events only poke a runner (package runner: bounded
 // frequency, backoff on failure); each sync computes the whole desired state

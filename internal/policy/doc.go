@@ -41,9 +41,11 @@
 // The isolated sets hold this node's pod addresses; the others are
 // interval sets of concatenations (the kernel's pipapo), pod . peer range
 // [. port range], one element per range of peers and range of ports,
-// made disjoint here (the kernel refuses overlapping intervals). A packet
-// costs at most two lookups in hash sets and four in interval sets per
-// direction, whatever the number of policies; the memory is one element
+// made disjoint here (the kernel refuses overlapping intervals). A
+// connection's first packet costs at most two lookups in hash sets, one
+// in a hash map of counters and four in interval sets per direction (a
+// dropped one two more hash lookups), whatever the number of policies;
+// later packets, one conntrack match. The memory is one element
 // per isolated pod of this node, range of peers and range of ports (pod
 // addresses next to each other merge into one range), so a rule picking
 // many scattered peers for many local pods is what grows. Only
@@ -58,9 +60,10 @@
 //
 // Each sync writes one transaction: the difference from what the engine
 // last committed (deletions before additions), or, first and after any
-// failure, the whole table (declarations added, chains and sets flushed
-// and refilled in the same transaction, so there is never a moment without
-// isolation). The table is left in place when the agent exits: a restart
+// failure, the whole table (declarations added, chains, sets and maps
+// flushed and refilled in the same transaction, so there is never a
+// moment without isolation; named counters of pods still isolated keep
+// their counts, the others are deleted). The table is left in place when the agent exits: a restart
 // keeps enforcing the last policies until the new agent, its caches
 // synced, replaces the table atomically.
 //
