@@ -91,6 +91,14 @@ func decodeField(typ string, b []byte) string {
 		return strings.TrimRight(string(b), "\x00")
 	case "inet_service":
 		return strconv.Itoa(int(binary.BigEndian.Uint16(b)))
+	case "ethertype":
+		t := binary.BigEndian.Uint16(b)
+		for name, v := range ethertypes {
+			if v == t {
+				return name
+			}
+		}
+		return strconv.Itoa(int(t))
 	case "inet_proto":
 		for name, p := range protocols {
 			if p == b[0] {

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -24,7 +25,7 @@ type Model struct {
 	// taken to select nothing.
 	Problems []string
 	// Names are the pods of the cluster by address ("namespace/name"),
-	// for logs.
+	// for the log: nil when no namespace asks for one.
 	Names map[netip.Addr]string
 }
 
@@ -53,10 +54,13 @@ func Compute(c *Cluster, node string, fam nft.Family) *Model {
 		b.policy(np)
 	}
 	slices.Sort(ix.problems)
-	names := make(map[netip.Addr]string, len(ix.pods))
-	for _, p := range ix.pods {
-		for _, ip := range p.ips {
-			names[ip] = p.pod.Namespace + "/" + p.pod.Name
+	var names map[netip.Addr]string
+	if slices.Contains(slices.Collect(maps.Values(ix.nsLog)), true) { // only the log reads them
+		names = make(map[netip.Addr]string, len(ix.pods))
+		for _, p := range ix.pods {
+			for _, ip := range p.ips {
+				names[ip] = p.pod.Namespace + "/" + p.pod.Name
+			}
 		}
 	}
 	return &Model{Family: fam, Ingress: b.in.finish(), Egress: b.out.finish(), Problems: slices.Compact(ix.problems), Names: names}
