@@ -13,7 +13,15 @@
 //     the service proxy (package proxy), which replaces kube-proxy; bridged
 //     IPv4 traffic is sent through the IP hooks
 //     (net.bridge.bridge-nf-call-iptables=1 in the node's namespace) so that
-//     replies from a backend on the same bridge are de-NATed.
+//     replies from a backend on the same bridge are de-NATed;
+//   - with --policy (the default), NetworkPolicy is enforced by an engine
+//     per family (package policy; policy.go wires its informers), and
+//     bridged traffic goes through the IP hooks for it too; flatnetd also
+//     answers the CNI plugin's admissions on --policy-socket (a new pod is
+//     isolated before its ADD returns), guards the bridge ports against
+//     spoofed sources, cuts established connections a change denies
+//     (--policy-revoke), and serves verdict metrics and the log of denied
+//     connections (/policy/log).
 //
 // Design notes: informer events only poke a runner (package runner: bounded
 // frequency, backoff on failure); each sync computes the whole desired state
@@ -31,7 +39,7 @@
 // progress; a node-sync error (a route the kernel refuses, a read-only
 // sysctl) is a metric, a log line and a Warning Event on the Node, not a
 // reason to be restarted. /readyz: the conflist is installed and every
-// proxy has synced once.
+// proxy and policy engine has synced once.
 package agent
 
 import (
@@ -54,7 +62,9 @@ import (
 
 	"github.com/flatnet-io/flatnet/internal/cniconf"
 	"github.com/flatnet-io/flatnet/internal/egress"
+	"github.com/flatnet-io/flatnet/internal/nft"
 	"github.com/flatnet-io/flatnet/internal/podnet"
+	"github.com/flatnet-io/flatnet/internal/policy"
 	"github.com/flatnet-io/flatnet/internal/proxy"
 	"github.com/flatnet-io/flatnet/internal/routes"
 	"github.com/flatnet-io/flatnet/internal/runner"
@@ -71,11 +81,16 @@ type Agent struct {
 
 	registry *prometheus.Registry
 	proxiers []*proxy.Proxier // one per cluster CIDR family; none without --proxy
+	policies []*policy.Engine // one per cluster CIDR family; none without --policy
+	guard    *policy.Guard    // anti-spoofing; nil without --policy
 	runner   *runner.Runner   // of the node sync
 	events   *eventSink
 
 	installed atomic.Bool // the conflist is in place
 	lastErr   atomic.Pointer[error]
+
+	tables    func(nft.Family, string) (nft.Tables, error) // nil: the kernel's (tests: Fakes)
+	policyLog atomic.Pointer[policy.Log]                   // denied connections; nil without --policy
 }
 
 // Run runs the agent until ctx ends.
@@ -126,6 +141,12 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 			return err
 		}
 		log.Info("service proxy running", "table", proxy.Table, "families", len(a.proxiers))
+	}
+	if o.Policy {
+		if err := a.startPolicy(ctx, newPolicyInformers(client)); err != nil {
+			return err
+		}
+		log.Info("network policy running", "table", policy.Table, "families", len(a.policies))
 	}
 	for _, e := range a.egress {
 		go e.Run(ctx)

@@ -42,8 +42,9 @@ func (a *Agent) serve() (func(), error) {
 }
 
 // live says why the agent should be restarted, or nil. As kube-proxy's
-// healthz: a sync loop that stopped trying, or a Service change that has
-// waited longer than --health-timeout for a successful proxy sync. A node
+// healthz: a sync loop that stopped trying, or a Service (or policy)
+// change that has waited longer than --health-timeout for a successful
+// sync. A node
 // sync that fails (and keeps retrying) is not a reason: restarting would
 // not fix a refused route, and each restart would cost a full sync.
 func (a *Agent) live(now time.Time) error {
@@ -62,6 +63,16 @@ func (a *Agent) live(now time.Time) error {
 			return fmt.Errorf("egress: %w", err)
 		}
 	}
+	for _, e := range a.policies {
+		if err := e.Status().Stalled(now, a.o.HealthTimeout); err != nil {
+			return fmt.Errorf("network policy: %w", err)
+		}
+	}
+	if a.guard != nil {
+		if err := a.guard.Status().Stalled(now, a.o.HealthTimeout); err != nil {
+			return fmt.Errorf("anti-spoofing: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -73,6 +84,11 @@ func (a *Agent) ready() error {
 	for _, p := range a.proxiers {
 		if p.Status().LastSuccess.IsZero() {
 			return fmt.Errorf("service proxy has not synced yet")
+		}
+	}
+	for _, e := range a.policies {
+		if !e.Synced() {
+			return fmt.Errorf("network policy has not synced yet")
 		}
 	}
 	return nil
@@ -94,5 +110,6 @@ func (a *Agent) healthHandler() http.Handler {
 	}
 	mux.HandleFunc("/healthz", check(func() error { return a.live(time.Now()) }))
 	mux.HandleFunc("/readyz", check(a.ready))
+	mux.HandleFunc("/policy/log", a.servePolicyLog)
 	return mux
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flatnet-io/flatnet/internal/admit"
 	"github.com/flatnet-io/flatnet/internal/cniconf"
 )
 
@@ -24,6 +25,9 @@ type Options struct {
 	Resync        time.Duration
 	HealthTimeout time.Duration // /healthz fails when a sync loop makes no progress for this long
 	Proxy         bool          // run the service proxy
+	Policy        bool          // enforce NetworkPolicy
+	PolicySocket  string        // where the CNI plugin asks to admit a new pod ("" = no admission)
+	PolicyRevoke  bool          // cut established connections a policy change denies
 	MasqueradeAll bool
 	Conf          cniconf.Options
 }
@@ -31,7 +35,8 @@ type Options struct {
 // Defaults returns the options a node uses unless told otherwise.
 func Defaults() *Options {
 	return &Options{CNIConfDir: "/etc/cni/net.d", CNIConfName: "10-flatnet.conflist",
-		HealthAddr: "127.0.0.1:9465", MetricsAddr: "127.0.0.1:9466", Resync: 30 * time.Second, HealthTimeout: 2 * time.Minute, Proxy: true}
+		HealthAddr: "127.0.0.1:9465", MetricsAddr: "127.0.0.1:9466", Resync: 30 * time.Second, HealthTimeout: 2 * time.Minute, Proxy: true, Policy: true,
+		PolicySocket: admit.DefaultSocket, PolicyRevoke: true}
 }
 
 type prefixList struct{ out *[]netip.Prefix }
@@ -72,6 +77,9 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Resync, "resync", o.Resync, "period of the full resync of routes and rules")
 	fs.DurationVar(&o.HealthTimeout, "health-timeout", o.HealthTimeout, "/healthz fails when a Service change waits this long for a successful sync, or a sync loop stops")
 	fs.BoolVar(&o.Proxy, "proxy", o.Proxy, "run the service proxy (replaces kube-proxy)")
+	fs.BoolVar(&o.Policy, "policy", o.Policy, "enforce NetworkPolicy (nftables table flatnet-policy)")
+	fs.StringVar(&o.PolicySocket, "policy-socket", o.PolicySocket, "unix socket (\"@name\": abstract, in the node's network namespace) on which flatnet-cni asks to admit a new pod into the policy tables before its ADD returns; written into the conflist (empty: no admission, pods are not isolated before their status reaches the API server)")
+	fs.BoolVar(&o.PolicyRevoke, "policy-revoke", o.PolicyRevoke, "cut established connections (delete their conntrack entries) that a policy change denies")
 	fs.BoolVar(&o.MasqueradeAll, "masquerade-all", false, "masquerade all traffic to Services")
 	fs.StringVar(&o.Conf.Bridge, "bridge", "", "node bridge name (default flatnet0)")
 	fs.IntVar(&o.Conf.MTU, "mtu", 0, "pod MTU (default: the node's uplink MTU)")

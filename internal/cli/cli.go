@@ -39,6 +39,8 @@ func Run(args []string) int {
 		return runDemo(ctx, args[1:])
 	case "lab":
 		return runLab(ctx, args[1:])
+	case "policy":
+		return runPolicy(ctx, args[1:], os.Stdout, os.Stderr)
 	case "workload":
 		stop() // built-in programs handle their own signals
 		return workload.Main(args[1:])
@@ -65,6 +67,7 @@ commands:
   lab exec NS/POD -- CMD...          run CMD in a pod's network namespace
   lab exec --node NODE -- CMD...     ... in a node's; --outside: on the outside host
   lab down [--name NAME]             remove everything the lab made
+  policy log [--addr HOST:PORT]      connections this node's policies denied lately (flatnetd's log)
   demo                               one node, three pods wired by flatnet-cni; ping between them
   version                            print the version
 `)

@@ -24,6 +24,7 @@ type NetConf struct {
 	MTU           int           `json:"mtu,omitempty"`
 	HairpinMode   *bool         `json:"hairpinMode,omitempty"`
 	IPAM          IPAMConf      `json:"ipam"`
+	Policy        *PolicyConf   `json:"policy,omitempty"`
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
 }
 
@@ -68,6 +69,7 @@ type Config struct {
 	Routes       []RouteConf // validated; empty means a default route per family
 	RequestedIPs []netip.Addr
 	MAC          net.HardwareAddr
+	Admission    *Admission // nil: no NetworkPolicy admission
 }
 
 // HasFamily reports whether any range set is of the given family.
@@ -126,6 +128,9 @@ func (c *Config) validate() error {
 		}
 	}
 	c.Routes = nc.IPAM.Routes
+	if err := c.validatePolicy(); err != nil {
+		return err
+	}
 	for _, s := range nc.RuntimeConfig.IPs {
 		p, err := netip.ParsePrefix(s)
 		a := p.Addr()

@@ -44,6 +44,34 @@ func TestParseConfig(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "policy admission, defaults",
+			json: `{"name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}]]},"policy":{}}`,
+			check: func(t *testing.T, c *Config) {
+				if a := c.Admission; a == nil || a.Socket != "@flatnet-policy" || a.Timeout != DefaultAdmissionTimeout || a.FailOpen {
+					t.Fatalf("admission: %+v", a)
+				}
+			},
+		},
+		{
+			name: "policy admission, every field",
+			json: `{"name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}]]},"policy":{"socket":"/run/flatnet/policy.sock","timeout":"2500ms","failOpen":true}}`,
+			check: func(t *testing.T, c *Config) {
+				if a := c.Admission; a == nil || a.Socket != "/run/flatnet/policy.sock" || a.Timeout.Milliseconds() != 2500 || !a.FailOpen {
+					t.Fatalf("admission: %+v", a)
+				}
+			},
+		},
+		{
+			name: "no policy section: no admission",
+			json: `{"name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}]]}}`,
+			check: func(t *testing.T, c *Config) {
+				if c.Admission != nil {
+					t.Fatalf("admission: %+v", c.Admission)
+				}
+			},
+		},
+		{name: "bad policy timeout", json: `{"name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}]]},"policy":{"timeout":"soon"}}`, code: types.ErrInvalidNetworkConfig, msg: "policy.timeout"},
 		{name: "malformed JSON", json: `{"name": "n", `, code: types.ErrDecodingFailure},
 		{name: "bad CIDR", json: `{"name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/33"}]]}}`, code: types.ErrInvalidNetworkConfig, msg: "not a valid CIDR"},
 		{name: "gateway outside subnet", json: `{"name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/24","gateway":"10.0.1.1"}]]}}`, code: types.ErrInvalidNetworkConfig, msg: "outside subnet"},
@@ -85,5 +113,12 @@ func TestPodRoutes(t *testing.T) {
 	got := c.podRoutes(nil)
 	if len(got) != 2 || got[0].Dst.String() != "10.96.0.0/12" || got[1].Via.String() != "10.0.0.9" {
 		t.Fatalf("routes = %+v", got)
+	}
+}
+
+func TestK8sArgs(t *testing.T) {
+	got := k8sArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;K8S_POD_UID=u-1;OTHER=y")
+	if len(got) != 3 || got["K8S_POD_NAMESPACE"] != "x" || got["K8S_POD_NAME"] != "a" || got["K8S_POD_UID"] != "u-1" {
+		t.Errorf("got %v", got)
 	}
 }

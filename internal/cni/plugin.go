@@ -22,6 +22,11 @@
 //     the IPAM store cannot record, 5 for a store that cannot be read or
 //     written, corrupt included, 50 from STATUS) and the plugin's own from
 //     100 up otherwise.
+//   - With a "policy" section, ADD asks flatnetd (package admit) to admit
+//     the pod's addresses into its NetworkPolicy tables after allocating
+//     them and before making the veth, and fails with code 11 (try again
+//     later), releasing them, when flatnetd refuses or does not answer in
+//     time, unless failOpen; DEL tells flatnetd, best effort.
 //   - The kernel state left behind is described in package podnet, the disk
 //     state in package ipam.
 package cni
@@ -138,7 +143,6 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	defer s.close()
 	cfg := s.cfg
-
 	mtu := cfg.MTU
 	if mtu == 0 {
 		mtu = podnet.UplinkMTU(s.host)
@@ -162,6 +166,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 		}
 	}()
 
+	if err := s.admitPod(args, allocs); err != nil {
+		return err
+	}
 	pod := podnet.Pod{
 		Network:     cfg.Conf.Name,
 		ContainerID: args.ContainerID,
@@ -212,6 +219,7 @@ func cmdDel(args *skel.CmdArgs) error {
 	if err := podnet.Detach(s.host, s.cfg.Conf.Name, args.ContainerID, args.IfName); err != nil {
 		return types.NewError(ErrDatapathFailure, "remove pod interfaces (addresses kept until a DEL succeeds)", err.Error())
 	}
+	s.releasePod(args)
 	if err := s.alloc.Release(s.owner); err != nil {
 		return ipamError("release addresses", err)
 	}

@@ -21,6 +21,10 @@ type Options struct {
 	PodCIDRs []netip.Prefix // one range set per CIDR (dual-stack: one per family)
 	DataDir  string         // IPAM store; "" = plugin default
 	Portmap  bool           // chain the reference portmap plugin for hostPorts
+	// PolicySocket, when set, makes the plugin ask flatnetd there to admit
+	// each pod into the NetworkPolicy tables before its ADD returns (fail
+	// closed).
+	PolicySocket string
 }
 
 type rangeConf struct {
@@ -38,6 +42,11 @@ type pluginConf struct {
 	MTU          int             `json:"mtu,omitempty"`
 	IPAM         *ipamConf       `json:"ipam,omitempty"`
 	Capabilities map[string]bool `json:"capabilities,omitempty"`
+	Policy       *policyConf     `json:"policy,omitempty"`
+}
+
+type policyConf struct {
+	Socket string `json:"socket"`
 }
 
 // Render returns the conflist JSON for o.
@@ -56,6 +65,9 @@ func Render(o Options) ([]byte, error) {
 		ip.Ranges = append(ip.Ranges, []rangeConf{{Subnet: c.Masked().String()}})
 	}
 	plugins := []pluginConf{{Type: "flatnet-cni", Bridge: o.Bridge, MTU: o.MTU, IPAM: ip}}
+	if o.PolicySocket != "" {
+		plugins[0].Policy = &policyConf{Socket: o.PolicySocket}
+	}
 	if o.Portmap {
 		plugins = append(plugins, pluginConf{Type: "portmap", Capabilities: map[string]bool{"portMappings": true}})
 	}

@@ -35,6 +35,9 @@ func TestRenderIsAValidConflistForThePlugin(t *testing.T) {
 	if len(cfg.IPAM.Sets) != 2 || cfg.MTU != 1450 || cfg.IPAM.Sets[1][0].Gateway.String() != "fd00:244:1::1" {
 		t.Fatalf("parsed: %+v", cfg)
 	}
+	if cfg.Admission != nil {
+		t.Fatalf("admission without PolicySocket: %+v", cfg.Admission)
+	}
 	if _, err := Render(Options{}); err == nil {
 		t.Fatal("rendered a conflist without a pod CIDR")
 	}
@@ -81,5 +84,29 @@ func TestExampleConflistInDeploy(t *testing.T) {
 	}
 	if len(cfg.IPAM.Sets) != 2 || len(cfg.Routes) != 2 || cfg.IPAM.Reserved[0].String() != "10.244.1.53" {
 		t.Fatalf("parsed example: %+v", cfg)
+	}
+}
+
+// With a policy socket the plugin's entry asks flatnetd there, failing
+// closed.
+func TestRenderPolicyAdmission(t *testing.T) {
+	data, err := Render(Options{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, PolicySocket: "@flatnet-policy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := libcni.ConfListFromBytes(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := libcni.InjectConf(list.Plugins[0], map[string]any{"name": list.Name, "cniVersion": list.CNIVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := cni.ParseConfig(entry.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := cfg.Admission; a == nil || a.Socket != "@flatnet-policy" || a.FailOpen {
+		t.Fatalf("admission %+v from\n%s", a, data)
 	}
 }

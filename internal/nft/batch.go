@@ -111,6 +111,8 @@ func (b *batch) add(ops []Op, i int) (int, error) {
 		b.learn(op.Verb, o.Name, declOf(o.Type, o.Flags))
 	case *knftables.Element:
 		return b.elements(ops, i)
+	case *knftables.Counter:
+		err = b.counterOp(op.Verb, o, i)
 	default:
 		err = fmt.Errorf("%T objects are not supported", op.Obj)
 	}
@@ -305,4 +307,23 @@ func (b *batch) elements(ops []Op, i int) (int, error) {
 		}
 	}
 	return i, nil
+}
+
+func (b *batch) counterOp(v Verb, c *knftables.Counter, i int) error {
+	switch v {
+	case Add:
+		m := b.begin(unix.NFT_MSG_NEWOBJ, unix.NLM_F_CREATE, i)
+		b.a.str(unix.NFTA_OBJ_TABLE, b.table)
+		err := b.a.counter(c)
+		b.finish(m.start)
+		return err
+	case Delete:
+		m := b.begin(unix.NFT_MSG_DELOBJ, 0, i)
+		b.a.str(unix.NFTA_OBJ_TABLE, b.table)
+		b.a.str(unix.NFTA_OBJ_NAME, c.Name)
+		b.a.u32(unix.NFTA_OBJ_TYPE, unix.NFT_OBJECT_COUNTER)
+		b.finish(m.start)
+		return nil
+	}
+	return fmt.Errorf("counters cannot be flushed")
 }

@@ -32,18 +32,20 @@ type anonSet struct {
 	elements []ElementOp
 }
 
-// compiled is one rule in kernel expressions.
+// compiled is one rule in kernel expressions: google/nftables' (expr.Any),
+// or those it lacks (*objrefMap), encoded by this package.
 type compiled struct {
-	exprs []expr.Any
+	exprs []any
 	anon  []anonSet
 }
 
 type compiler struct {
-	fam    Family
-	toks   []string
-	i      int
-	out    compiled
-	nextID func() uint32
+	fam      Family
+	toks     []string
+	i        int
+	out      compiled
+	nextID   func() uint32
+	depsDone [][]expr.Any // the protocol checks the rule has made
 }
 
 // compileRule compiles rule (nft syntax) for a table of family fam.
@@ -80,7 +82,11 @@ func (c *compiler) expect(words ...string) error {
 	return nil
 }
 
-func (c *compiler) emit(e ...expr.Any) { c.out.exprs = append(c.out.exprs, e...) }
+func (c *compiler) emit(e ...expr.Any) {
+	for _, x := range e {
+		c.out.exprs = append(c.out.exprs, x)
+	}
+}
 
 func (c *compiler) statement() error {
 	switch t := c.peek(0); t {
@@ -95,16 +101,18 @@ func (c *compiler) statement() error {
 			return c.mark()
 		}
 		return c.match()
-	case "ip", "ip6", "th":
+	case "ip", "ip6", "th", "iifname", "oifname", "arp":
 		return c.match()
 	case "icmpv6":
 		return c.icmpv6()
 	case "update":
 		return c.update()
 	case "counter":
-		c.next()
-		c.emit(&expr.Counter{})
-		return nil
+		return c.counter()
+	case "log":
+		return c.log()
+	case "limit":
+		return c.limit()
 	case "jump", "goto", "return", "drop", "accept":
 		return c.verdict()
 	case "masquerade":

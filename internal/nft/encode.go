@@ -149,26 +149,9 @@ func (a *attrs) set(name string, id uint32, typ string, flags []knftables.SetFla
 	if err != nil {
 		return fmt.Errorf("set %s: %w", name, err)
 	}
-	var f uint32
-	if isMap {
-		f |= unix.NFT_SET_MAP
-	}
-	for _, fl := range flags {
-		switch fl {
-		case knftables.DynamicFlag:
-			f |= unix.NFT_SET_EVAL
-		case knftables.TimeoutFlag:
-			f |= unix.NFT_SET_TIMEOUT
-		case knftables.ConstantFlag:
-			f |= unix.NFT_SET_CONSTANT
-		case knftables.IntervalFlag:
-			f |= unix.NFT_SET_INTERVAL
-		default:
-			return fmt.Errorf("set %s: flag %s is not supported", name, fl)
-		}
-	}
-	if timeout != nil {
-		f |= unix.NFT_SET_TIMEOUT
+	f, err := setFlags(flags, timeout != nil, data.counter, isMap)
+	if err != nil {
+		return fmt.Errorf("set %s: %w", name, err)
 	}
 	if len(key.fields) > 1 {
 		f |= nftSetConcat // the kernel wants it with the fields' lengths
@@ -181,7 +164,10 @@ func (a *attrs) set(name string, id uint32, typ string, flags []knftables.SetFla
 	a.u32(unix.NFTA_SET_FLAGS, f)
 	a.u32(unix.NFTA_SET_KEY_TYPE, key.magic)
 	a.u32(unix.NFTA_SET_KEY_LEN, key.size)
-	if isMap {
+	switch {
+	case data.counter:
+		a.u32(unix.NFTA_SET_OBJ_TYPE, unix.NFT_OBJECT_COUNTER)
+	case isMap:
 		a.u32(unix.NFTA_SET_DATA_TYPE, data.magic)
 		a.u32(unix.NFTA_SET_DATA_LEN, data.size)
 	}
@@ -199,6 +185,36 @@ func (a *attrs) set(name string, id uint32, typ string, flags []knftables.SetFla
 	}
 	a.raw(unix.NFTA_SET_USERDATA, ud)
 	return nil
+}
+
+// setFlags are the kernel's flags of a set declared with flags (a map
+// when isMap, of named counters when counters).
+func setFlags(flags []knftables.SetFlag, timeout, counters, isMap bool) (uint32, error) {
+	var f uint32
+	switch {
+	case counters:
+		f |= unix.NFT_SET_OBJECT
+	case isMap:
+		f |= unix.NFT_SET_MAP
+	}
+	for _, fl := range flags {
+		switch fl {
+		case knftables.DynamicFlag:
+			f |= unix.NFT_SET_EVAL
+		case knftables.TimeoutFlag:
+			f |= unix.NFT_SET_TIMEOUT
+		case knftables.ConstantFlag:
+			f |= unix.NFT_SET_CONSTANT
+		case knftables.IntervalFlag:
+			f |= unix.NFT_SET_INTERVAL
+		default:
+			return 0, fmt.Errorf("flag %s is not supported", fl)
+		}
+	}
+	if timeout {
+		f |= unix.NFT_SET_TIMEOUT
+	}
+	return f, nil
 }
 
 // setDesc writes the size (nft gives a set that packets fill a size of
@@ -279,6 +295,13 @@ func (a *attrs) elementKey(d setDecl, types, vals []string) error {
 }
 
 func (a *attrs) elementData(dataType string, value []string) error {
+	if dataType == "counter" { // the name of a counter of the table
+		if len(value) != 1 || value[0] == "" {
+			return fmt.Errorf("counter %v", value)
+		}
+		a.str(unix.NFTA_SET_ELEM_OBJREF, value[0])
+		return nil
+	}
 	d := a.nest(unix.NFTA_SET_ELEM_DATA)
 	defer a.end(d)
 	if dataType != "verdict" {
@@ -306,14 +329,18 @@ func (a *attrs) elementData(dataType string, value []string) error {
 }
 
 // rule encodes a rule's expressions (and its comment).
-func (a *attrs) rule(fam Family, r *knftables.Rule, exprs []expr.Any) error {
+func (a *attrs) rule(fam Family, r *knftables.Rule, exprs []any) error {
 	if r.Index != nil {
 		return fmt.Errorf("rule positions are not supported")
 	}
 	a.str(unix.NFTA_RULE_CHAIN, r.Chain)
 	l := a.nest(unix.NFTA_RULE_EXPRESSIONS)
 	for _, e := range exprs {
-		b, err := expr.Marshal(fam.proto(), e)
+		if m, ok := e.(*objrefMap); ok {
+			m.encode(a)
+			continue
+		}
+		b, err := expr.Marshal(fam.proto(), e.(expr.Any))
 		if err != nil {
 			return err
 		}
@@ -333,4 +360,38 @@ const (
 	nftaChainUserdata = 12 // NFTA_CHAIN_USERDATA
 	nftSetConcat      = 0x80
 	nftaSetElemKeyEnd = 10 // NFTA_SET_ELEM_KEY_END
+	nftaObjUserdata   = 8  // NFTA_OBJ_USERDATA
 )
+
+// objrefMap is "counter name FIELDS map @m", which google/nftables does
+// not have: the named counter the map gives the key in register sreg.
+type objrefMap struct {
+	sreg uint32
+	set  string
+}
+
+func (m *objrefMap) encode(a *attrs) {
+	e := a.nest(unix.NFTA_LIST_ELEM)
+	a.str(unix.NFTA_EXPR_NAME, "objref")
+	d := a.nest(unix.NFTA_EXPR_DATA)
+	a.u32(unix.NFTA_OBJREF_SET_SREG, m.sreg)
+	a.str(unix.NFTA_OBJREF_SET_NAME, m.set)
+	a.end(d)
+	a.end(e)
+}
+
+// counter encodes a named counter (the object; it starts at zero).
+func (a *attrs) counter(c *knftables.Counter) error {
+	if c.Handle != nil || c.Packets != nil || c.Bytes != nil {
+		return fmt.Errorf("counter %s: handles and initial values are not supported", c.Name)
+	}
+	a.str(unix.NFTA_OBJ_NAME, c.Name)
+	a.u32(unix.NFTA_OBJ_TYPE, unix.NFT_OBJECT_COUNTER)
+	d := a.nest(unix.NFTA_OBJ_DATA)
+	a.end(d)
+	ud, err := comment(nil, 0, c.Comment) // NFTNL_UDATA_OBJ_COMMENT
+	if len(ud) > 0 {
+		a.raw(nftaObjUserdata, ud)
+	}
+	return err
+}

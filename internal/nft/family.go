@@ -9,12 +9,15 @@ import (
 
 // Family is the IP family of a table: each engine keeps one table per
 // family in use on the node ("ip <name>" and "ip6 <name>"), programmed by
-// one code path parameterised by the family.
+// one code path parameterised by the family. Bridge is the family of a
+// table on the bridge's own hooks (frames entering a bridge port), whose
+// rules may match IPv4, IPv6 and ARP alike; it has no address type.
 type Family int
 
 const (
 	IPv4 Family = iota
 	IPv6
+	Bridge
 )
 
 // words is how nftables and the netlink API name a family.
@@ -31,6 +34,8 @@ type words struct {
 var families = [...]words{
 	IPv4: {"IPv4", knftables.IPv4Family, gnftables.TableFamilyIPv4, "ip", "ipv4_addr", "127.0.0.0/8", 4},
 	IPv6: {"IPv6", knftables.IPv6Family, gnftables.TableFamilyIPv6, "ip6", "ipv6_addr", "::1", 16},
+	// Bridge: "ip" and "ip6" payloads both, each behind its protocol
+	Bridge: {"bridge", knftables.BridgeFamily, gnftables.TableFamilyBridge, "", "", "", 0},
 }
 
 func (f Family) String() string { return families[f].name }

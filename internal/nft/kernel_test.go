@@ -2,6 +2,8 @@ package nft
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"testing"
 
 	"sigs.k8s.io/knftables"
@@ -102,4 +104,76 @@ func TestIntervalSetLearnedFromTheKernel(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// What a transaction wrote reads back over netlink as the Fake lists it:
+// keys of every field type, map values, element comments.
+func TestListElementsReadsBack(t *testing.T) {
+	netnstest.Run(t, "nftl", func() error {
+		ctx := context.Background()
+		for _, fam := range []Family{IPv4, IPv6} {
+			nl, err := New(fam, "fn-test")
+			if err != nil {
+				return err
+			}
+			fake := NewFake(fam, "fn-test")
+			for _, tables := range []Tables{nl, fake} {
+				tx := tables.NewTx()
+				oracleTx(tx, fam)
+				if err := tables.Run(ctx, tx); err != nil {
+					return err
+				}
+			}
+			// a second Tables on the kernel learns the sets' types from it
+			again, err := New(fam, "fn-test")
+			if err != nil {
+				return err
+			}
+			for _, o := range []struct{ typ, name string }{{"set", "attached"}, {"set", "cluster-ips"}, {"set", "hairpin"},
+				{"map", "endpoints-0"}, {"map", "nodeport-endpoints-0"}, {"set", "nowhere"}} {
+				got, err := again.ListElements(ctx, o.typ, o.name)
+				if err != nil {
+					t.Errorf("%s: list %s: %v", fam, o.name, err)
+					continue
+				}
+				want, _ := fake.ListElements(ctx, o.typ, o.name)
+				if g, w := elementLines(got), elementLines(want); g != w {
+					t.Errorf("%s: %s %s reads back as\n%s\nwant\n%s", fam, o.typ, o.name, g, w)
+				}
+			}
+			counters, err := again.ListCounters(ctx)
+			var names []string
+			for _, c := range counters {
+				if c.Packets == nil || *c.Packets != 0 {
+					t.Errorf("%s: counter %s reads %v packets", fam, c.Name, c.Packets)
+				}
+				names = append(names, c.Name)
+			}
+			if slices.Sort(names); err != nil || strings.Join(names, " ") != "commented in-1 in-2 spoofed" {
+				t.Errorf("%s: counters %v (%v)", fam, names, err)
+			}
+			for _, s := range []string{"allow-tcp", "service-ips"} { // intervals; a verdict map's key type is lost
+				if _, err := again.ListElements(ctx, "set", s); err == nil {
+					t.Errorf("%s: %s read back without an error", fam, s)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func elementLines(els []*knftables.Element) string {
+	var lines []string
+	for _, e := range els {
+		l := e.Set + e.Map + ": " + strings.Join(e.Key, " . ")
+		if len(e.Value) > 0 {
+			l += " : " + strings.Join(e.Value, " . ")
+		}
+		if e.Comment != nil {
+			l += " # " + *e.Comment
+		}
+		lines = append(lines, l)
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
 }

@@ -92,6 +92,11 @@ func (k *kernel) setType(name string) (setDecl, error) {
 	if err != nil {
 		return setDecl{}, fmt.Errorf("the type of set %s: %w", name, err)
 	}
+	if s.IsMap && s.DataType.Name == "" {
+		// google/nftables v0.3.0 reads a verdict map's data type into its
+		// key type: the key type is lost
+		return setDecl{}, fmt.Errorf("the type of verdict map %s cannot be read back", name)
+	}
 	d := setDecl{typ: s.KeyType.Name, interval: s.Interval}
 	if s.IsMap {
 		d.typ += " : " + s.DataType.Name

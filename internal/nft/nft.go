@@ -21,7 +21,9 @@
 //     range ("10.0.0.2 . 10.1.0.0/16 . 80-90"), sent with its end key as
 //     nft sends it. The kernel refuses an element that overlaps another
 //     one partly (EEXIST), but not one deleted earlier in the transaction.
-//   - List, ListRules and MapKeys read over netlink (google/nftables).
+//   - List, ListRules, ListElements and MapKeys read over netlink
+//     (google/nftables); ListElements decodes keys and values by the set's
+//     type (address, ifname, port, protocol, integer) with their comments.
 //   - Fake is the same interface over knftables' Fake, for unit tests.
 //
 // Why not nft: `nft -f` parsed and evaluated a 10,000-Service full sync
@@ -32,7 +34,10 @@
 // Design notes (kernel state): the layer keeps none of its own but the
 // types of the sets it has seen (to encode their elements). Each engine
 // owns one table per family and commits to it in one transaction per
-// sync. Family is the one IP-family type of the engines.
+// sync. Family is the one IP-family type of the engines; its Bridge is a
+// table on the bridge's hooks (the policy engine's anti-spoofing), where
+// IPv4, IPv6 and ARP fields are compiled behind the protocol check nft
+// puts before them.
 package nft
 
 import (

@@ -28,8 +28,9 @@ func TestNetlinkCommitsWhatNftCommits(t *testing.T) {
 	netnstest.Run(t, "nfto", func() error {
 		// not in subtests: they run on other threads, outside the namespace
 		for _, fam := range []Family{IPv4, IPv6} {
-			bothWays(t, fam)
+			bothWays(t, fam, oracleTx, oracleChange)
 		}
+		bothWays(t, Bridge, bridgeTx, bridgeChange)
 		return nil
 	})
 }
@@ -80,6 +81,11 @@ var oracleRules = []struct{ chain, rule string }{
 	{"ingress", "icmpv6 type nd-neighbor-solicit accept"},
 	{"ingress", "icmpv6 type nd-neighbor-advert accept"},
 	{"ingress", "counter drop"},
+	{"ingress", "counter name ip daddr map @pod-counters"},
+	{"ingress", "ip daddr @isolated counter name ip daddr . ip saddr map @pair-counters drop"},
+	{"ingress", "counter name spoofed"},
+	{"ingress", "ip daddr @isolated limit rate 20/second log prefix \"flatnet:ingress\" group 7"},
+	{"ingress", "limit rate 100/minute burst 20 packets log group 3"},
 }
 
 var ip6ify = strings.NewReplacer("10.244.0.0/16", "fd00:244::/48",
@@ -114,6 +120,13 @@ func oracleTx(tx *Tx, fam Family) {
 	tx.Add(&knftables.Set{Name: "isolated", Type: v("ipv4_addr")})
 	tx.Add(&knftables.Set{Name: "allow-tcp", Type: v("ipv4_addr . ipv4_addr . inet_service"), Flags: interval, Comment: knftables.PtrTo("pod . peers . ports")})
 	tx.Add(&knftables.Set{Name: "allow-any", Type: v("ipv4_addr . ipv4_addr"), Flags: interval})
+	tx.Add(&knftables.Set{Name: "attached", Type: v("ifname . ipv4_addr"), Comment: knftables.PtrTo("host veth . pod address")})
+	for _, c := range []string{"spoofed", "in-1", "in-2"} {
+		tx.Add(&knftables.Counter{Name: c})
+	}
+	tx.Add(&knftables.Counter{Name: "commented", Comment: knftables.PtrTo("x/a ingress")})
+	tx.Add(&knftables.Map{Name: "pod-counters", Type: v("ipv4_addr : counter"), Comment: knftables.PtrTo("a counter per pod")})
+	tx.Add(&knftables.Map{Name: "pair-counters", Type: v("ipv4_addr . ipv4_addr : counter")})
 	tx.Add(&knftables.Set{Name: "affinity", Type: v("ipv4_addr"), Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
 		Timeout: knftables.PtrTo(3 * time.Hour), Comment: knftables.PtrTo("clients of 10.244.1.2:8080 (10800s affinity)")})
 	hook := func(name string, typ knftables.BaseChainType, h knftables.BaseChainHook, prio knftables.BaseChainPriority) {
@@ -147,6 +160,11 @@ func oracleTx(tx *Tx, fam Family) {
 		{Set: "allow-tcp", Key: []string{"10.244.1.3", "10.9.0.1-10.9.0.7", "443"}},
 		{Set: "allow-any", Key: []string{"10.244.1.3", "0.0.0.0-255.255.255.255"}},
 		{Set: "allow-any", Key: []string{"10.244.1.2", "10.9.0.1-10.9.0.7"}},
+		{Set: "attached", Key: []string{"fn0123456789abc", "10.244.1.2"}, Comment: knftables.PtrTo("0f2b7c1e-4d6a-4b8e-9a51-3c2d1e0f9a8b")},
+		{Set: "attached", Key: []string{"fn1", "10.244.1.3"}},
+		{Map: "pod-counters", Key: []string{"10.244.1.2"}, Value: []string{"in-1"}},
+		{Map: "pod-counters", Key: []string{"10.244.1.3"}, Value: []string{"in-2"}},
+		{Map: "pair-counters", Key: []string{"10.244.1.3", "10.244.1.2"}, Value: []string{"in-2"}},
 	} {
 		for i := range e.Key {
 			e.Key[i] = v(e.Key[i])
@@ -182,15 +200,64 @@ func oracleChange(tx *Tx, fam Family) {
 	tx.Delete(&knftables.Element{Set: "allow-tcp", Key: []string{v("10.244.1.2"), v("10.244.0.0/16"), "80-90"}})
 	tx.Add(&knftables.Element{Set: "allow-tcp", Key: []string{v("10.244.1.2"), v("10.244.0.0/16"), "79-100"}})
 	tx.Add(&knftables.Element{Set: "allow-any", Key: []string{v("10.244.1.2"), v("10.244.1.3")}})
+	// a counter out of its map, then gone; another one new
+	tx.Delete(&knftables.Element{Map: "pod-counters", Key: []string{v("10.244.1.3")}})
+	tx.Delete(&knftables.Element{Map: "pair-counters", Key: []string{v("10.244.1.3"), v("10.244.1.2")}})
+	tx.Delete(&knftables.Counter{Name: "in-2"})
+	tx.Add(&knftables.Counter{Name: "in-3"})
+	tx.Add(&knftables.Element{Map: "pod-counters", Key: []string{v("10.244.1.3")}, Value: []string{"in-3"}})
 }
 
-func bothWays(t *testing.T, fam Family) {
+// bridgeRules are the rules of a bridge table: IPv4, IPv6 and ARP fields
+// behind their protocol checks, interface names.
+var bridgeRules = []struct{ chain, rule string }{
+	{"pre", "iifname @ports jump from-pod"},
+	{"from-pod", "iifname . ip saddr @sources-v4 return"},
+	{"from-pod", "iifname . ip6 saddr @sources-v6 return"},
+	{"from-pod", "ip6 saddr fe80::/10 return"},
+	{"from-pod", "ip6 saddr :: return"},
+	{"from-pod", "iifname . arp saddr ip @sources-v4 return"},
+	{"from-pod", "arp saddr ip 0.0.0.0 return"},
+	{"from-pod", "meta protocol ip counter drop"},
+	{"from-pod", "meta protocol arp drop"},
+	{"from-pod", "ip saddr 10.244.0.0/16 ip daddr 10.244.1.2 drop"},
+	{"from-pod", "oifname fn1 drop"},
+}
+
+func bridgeTx(tx *Tx, _ Family) {
+	tx.Add(&knftables.Table{Comment: knftables.PtrTo("a bridge table")})
+	tx.Add(&knftables.Set{Name: "ports", Type: "ifname", Comment: knftables.PtrTo("pod ports")})
+	tx.Add(&knftables.Set{Name: "sources-v4", Type: "ifname . ipv4_addr"})
+	tx.Add(&knftables.Set{Name: "sources-v6", Type: "ifname . ipv6_addr"})
+	typ, hook, prio := knftables.FilterType, knftables.PreroutingHook, knftables.BaseChainPriority("-300")
+	tx.Add(&knftables.Chain{Name: "pre", Type: &typ, Hook: &hook, Priority: &prio})
+	tx.Add(&knftables.Chain{Name: "from-pod"})
+	for _, r := range bridgeRules {
+		tx.Add(&knftables.Rule{Chain: r.chain, Rule: r.rule})
+	}
+	for _, e := range []*knftables.Element{
+		{Set: "ports", Key: []string{"fn0123456789abc"}, Comment: knftables.PtrTo("x/a")},
+		{Set: "sources-v4", Key: []string{"fn0123456789abc", "10.244.1.2"}},
+		{Set: "sources-v6", Key: []string{"fn0123456789abc", "fd00:244::2"}},
+	} {
+		tx.Add(e)
+	}
+}
+
+func bridgeChange(tx *Tx, _ Family) {
+	tx.Delete(&knftables.Element{Set: "sources-v4", Key: []string{"fn0123456789abc", "10.244.1.2"}})
+	tx.Add(&knftables.Element{Set: "sources-v4", Key: []string{"fn0123456789abc", "10.244.1.3"}})
+	tx.Flush(&knftables.Set{Name: "ports"})
+	tx.Add(&knftables.Element{Set: "ports", Key: []string{"fn1"}})
+}
+
+func bothWays(t *testing.T, fam Family, steps ...func(*Tx, Family)) {
 	ctx := context.Background()
 	nl, err := New(fam, "fn-via-netlink")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, step := range []func(*Tx, Family){oracleTx, oracleChange} {
+	for i, step := range steps {
 		viaNft := NewFake(fam, "fn-via-nft").NewTx()
 		step(viaNft, fam)
 		cmd := exec.Command("nft", "-f", "-")
@@ -207,14 +274,17 @@ func bothWays(t *testing.T, fam Family) {
 		if want != got {
 			t.Errorf("%s step %d: over netlink the kernel holds what nft does not (-nft +netlink):\n%s", fam, i, lineDiff(want, got))
 		}
-		if !strings.Contains(want, "lookup reg 1 set __map") && i == 0 {
-			t.Errorf("the test lost its anonymous map:\n%s", want)
+		for _, must := range []string{"lookup reg 1 set __map", "objref sreg 1 set pod-counters", "[ objref type 1 name spoofed ]",
+			"log prefix flatnet:ingress group 7", "limit rate 100/minute burst 20", "counter commented"} {
+			if !strings.Contains(want, must) && i == 0 && fam != Bridge {
+				t.Errorf("the kernel does not hold %q:\n%s", must, want)
+			}
 		}
 	}
 }
 
 var (
-	ruleHead = regexp.MustCompile(`(?m)^(ip6? \S+ \S+)( \d+)+$`)
+	ruleHead = regexp.MustCompile(`(?m)^((?:ip6?|bridge) \S+ \S+)( \d+)+$`)
 	anonName = regexp.MustCompile(`__(map|set)\d+`)
 	elements = regexp.MustCompile(`(?s)elements = \{[^}]*\}`)
 )
@@ -222,7 +292,7 @@ var (
 // kernelView is what the kernel holds of a table, in a form that does not
 // depend on its name, on handles, or on the order of hashed elements.
 func kernelView(t *testing.T, fam Family, table string) string {
-	out, err := exec.Command("nft", "--debug=netlink", "list", "table", fam.IP(), table).CombinedOutput()
+	out, err := exec.Command("nft", "--debug=netlink", "list", "table", string(fam.NFT()), table).CombinedOutput()
 	if err != nil {
 		t.Fatalf("list %s: %v\n%s", table, err, out)
 	}

@@ -93,6 +93,14 @@ type Tables interface {
 	// ListRules lists the rules of a chain, with their handles but not
 	// their text; none when the chain does not exist.
 	ListRules(ctx context.Context, chain string) ([]*knftables.Rule, error)
+	// ListElements lists the elements of a set or map (objectType "set"
+	// or "map") with their keys, values and comments, as nft writes them;
+	// none when it does not exist. Sets of intervals and verdict maps are
+	// not read.
+	ListElements(ctx context.Context, objectType, name string) ([]*knftables.Element, error)
+	// ListCounters lists the table's named counters with their values;
+	// none when the table does not exist.
+	ListCounters(ctx context.Context) ([]*knftables.Counter, error)
 }
 
 // Fake is Tables over knftables' Fake: the table in memory, for unit
@@ -116,4 +124,28 @@ func (f *Fake) Run(ctx context.Context, tx *Tx) error {
 		}
 	}
 	return f.Fake.Run(ctx, tx.fake)
+}
+
+// ListElements implements Tables: none when the set does not exist, as the
+// kernel's.
+func (f *Fake) ListElements(ctx context.Context, objectType, name string) ([]*knftables.Element, error) {
+	els, err := f.Fake.ListElements(ctx, objectType, name)
+	if knftables.IsNotFound(err) {
+		return nil, nil
+	}
+	return els, err
+}
+
+// ListCounters implements Tables: none when the table does not exist, as
+// the kernel's. (knftables' own panics without a table and lists a nil
+// for each counter.)
+func (f *Fake) ListCounters(context.Context) ([]*knftables.Counter, error) {
+	if f.Table == nil {
+		return nil, nil
+	}
+	out := make([]*knftables.Counter, 0, len(f.Table.Counters))
+	for _, c := range f.Table.Counters {
+		out = append(out, knftables.PtrTo(c.Counter))
+	}
+	return out, nil
 }

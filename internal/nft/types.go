@@ -40,6 +40,8 @@ var datatypes = map[string]datatype{
 	"inet_proto":   {12, 1, 2},
 	"inet_service": {13, 2, 2},
 	"mark":         {19, 4, 1},
+	"ifname":       {41, 16, 1}, // an interface name, NUL-padded to IFNAMSIZ
+	"ethertype":    {10, 2, 2},
 }
 
 // setDecl is what encoding a set's elements needs of its declaration: its
@@ -57,6 +59,7 @@ func declOf(typ string, flags []knftables.SetFlag) setDecl {
 type setType struct {
 	magic, size, order uint32
 	fields             []uint32 // each field's length, unpadded
+	counter            bool     // the data of a map of named counters
 }
 
 // parseSetType reads "KEY [: DATA]".
@@ -65,8 +68,11 @@ func parseSetType(typ string) (key, data setType, isMap bool, err error) {
 	if key, err = parseFields(k); err != nil || !isMap {
 		return key, data, isMap, err
 	}
-	if d == "verdict" {
+	switch d {
+	case "verdict":
 		return key, setType{magic: unix.NFT_DATA_VERDICT}, true, nil
+	case "counter":
+		return key, setType{counter: true}, true, nil
 	}
 	data, err = parseFields(d)
 	return key, data, true, err
@@ -187,6 +193,8 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return a
 }
 
+var ethertypes = map[string]uint16{"ip": unix.ETH_P_IP, "ip6": unix.ETH_P_IPV6, "arp": unix.ETH_P_ARP}
+
 var protocols = map[string]byte{"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 
 func encodeField(typ, val string) ([]byte, error) {
@@ -209,6 +217,17 @@ func encodeField(typ, val string) ([]byte, error) {
 			return nil, fmt.Errorf("%s %q", typ, val)
 		}
 		return binary.NativeEndian.AppendUint32(nil, uint32(v)), nil
+	case "ethertype":
+		t, ok := ethertypes[val]
+		if !ok {
+			return nil, fmt.Errorf("ether type %q", val)
+		}
+		return binary.BigEndian.AppendUint16(nil, t), nil
+	case "ifname":
+		if len(val) == 0 || len(val) >= 16 {
+			return nil, fmt.Errorf("interface name %q", val)
+		}
+		return append([]byte(val), make([]byte, 16-len(val))...), nil
 	case "inet_service":
 		port, err := strconv.ParseUint(val, 10, 16)
 		if err != nil {

@@ -74,15 +74,17 @@ type podInfo struct {
 type index struct {
 	fam      nft.Family
 	nsLabels map[string]labels.Set
+	nsLog    map[string]bool // namespaces whose denied connections are logged
 	pods     []*podInfo
 	byNS     map[string][]*podInfo
 	problems []string // selectors that could not be read
 }
 
 func newIndex(c *Cluster, node string, fam nft.Family) *index {
-	ix := &index{fam: fam, nsLabels: map[string]labels.Set{}, byNS: map[string][]*podInfo{}}
+	ix := &index{fam: fam, nsLabels: map[string]labels.Set{}, nsLog: map[string]bool{}, byNS: map[string][]*podInfo{}}
 	for _, ns := range c.Namespaces {
 		ix.nsLabels[ns.Name] = labels.Set(ns.Labels)
+		ix.nsLog[ns.Name] = ns.Annotations[LogAnnotation] == "deny"
 	}
 	for _, p := range c.Pods {
 		ips := podIPs(p, fam)
@@ -116,6 +118,13 @@ func podIPs(p *corev1.Pod, fam nft.Family) []netip.Addr {
 	}
 	return out
 }
+
+// LogAnnotation on a namespace, set to "deny", logs the connections denied
+// to and from its pods (see Log).
+const LogAnnotation = AnnotationPrefix + "log"
+
+// logged reports whether a namespace's denied connections are logged.
+func (ix *index) logged(ns string) bool { return ix.nsLog[ns] }
 
 // namespaceLabels are a namespace's labels; one the cache does not hold
 // (yet) has the label the API server gives every namespace, its name.

@@ -114,8 +114,8 @@ func TestPartialSyncsEqualAFullSync(t *testing.T) {
 			if err := e.Sync(ctx); err != nil {
 				t.Fatalf("%s %s: %v", fam, s.name, err)
 			}
-			if i > 0 && rec.runs > runs && !rec.last.ElementsOnly() {
-				t.Errorf("%s %s: the sync wrote more than elements", fam, s.name)
+			if i > 0 && rec.runs > runs && !elementsAndCounters(rec.last) {
+				t.Errorf("%s %s: the sync wrote more than elements and counters", fam, s.name)
 			}
 			if s.name == "unchanged" && rec.runs != runs {
 				t.Errorf("%s: a sync without a change wrote a transaction", fam)
@@ -188,4 +188,20 @@ func TestEngineRuns(t *testing.T) {
 	if s := fake.Table.Sets["ingress-isolated"]; s == nil || len(s.Elements) == 0 {
 		t.Error("the runner's sync wrote no isolated pods")
 	}
+}
+
+// elementsAndCounters reports whether tx only adds and deletes elements
+// and named counters.
+func elementsAndCounters(tx *nft.Tx) bool {
+	for _, op := range tx.Ops() {
+		switch op.Obj.(type) {
+		case *knftables.Element, *knftables.Counter:
+			if op.Verb == nft.Flush {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
 }

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -23,6 +24,9 @@ type Model struct {
 	// Problems are what could not be read (a selector, a CIDR) and was
 	// taken to select nothing.
 	Problems []string
+	// Names are the pods of the cluster by address ("namespace/name"),
+	// for the log: nil when no namespace asks for one.
+	Names map[netip.Addr]string
 }
 
 // Direction is one direction's isolation and what it allows.
@@ -34,6 +38,12 @@ type Direction struct {
 	Any map[netip.Addr]addrSet
 	// Ports allows a pod, per protocol, the peers on ranges of ports.
 	Ports map[Proto]map[netip.Addr][]PortPeers
+	// Policies are, per isolated pod, the policies that isolate it
+	// ("namespace/name", sorted): what its verdicts are counted against.
+	Policies map[netip.Addr][]string
+	// Logged are the isolated pods whose denied connections are logged:
+	// their namespace is annotated policy.flatnet.io/log: "deny".
+	Logged []netip.Addr
 }
 
 // Compute computes what node enforces in family fam.
@@ -44,7 +54,16 @@ func Compute(c *Cluster, node string, fam nft.Family) *Model {
 		b.policy(np)
 	}
 	slices.Sort(ix.problems)
-	return &Model{Family: fam, Ingress: b.in.finish(), Egress: b.out.finish(), Problems: slices.Compact(ix.problems)}
+	var names map[netip.Addr]string
+	if slices.Contains(slices.Collect(maps.Values(ix.nsLog)), true) { // only the log reads them
+		names = make(map[netip.Addr]string, len(ix.pods))
+		for _, p := range ix.pods {
+			for _, ip := range p.ips {
+				names[ip] = p.pod.Namespace + "/" + p.pod.Name
+			}
+		}
+	}
+	return &Model{Family: fam, Ingress: b.in.finish(), Egress: b.out.finish(), Problems: slices.Compact(ix.problems), Names: names}
 }
 
 // PolicyTypes are the directions a policy isolates, with the API's
@@ -81,14 +100,15 @@ func (b *builder) policy(np *networkingv1.NetworkPolicy) {
 		return
 	}
 	ingress, egress := PolicyTypes(&np.Spec)
+	ref := np.Namespace + "/" + np.Name
 	if ingress {
-		b.in.isolate(targets)
+		b.in.isolate(ref, targets, b.ix.logged(np.Namespace))
 		for _, r := range np.Spec.Ingress {
 			b.ingressRule(np.Namespace, targets, r)
 		}
 	}
 	if egress {
-		b.out.isolate(targets)
+		b.out.isolate(ref, targets, b.ix.logged(np.Namespace))
 		for _, r := range np.Spec.Egress {
 			b.egressRule(np.Namespace, targets, r)
 		}
@@ -165,19 +185,24 @@ func singles(ips []netip.Addr) []AddrRange {
 
 // dirBuilder collects one direction's isolation and grants.
 type dirBuilder struct {
-	isolated map[netip.Addr]bool
+	isolated map[netip.Addr][]string // the policies isolating each pod
+	logged   map[netip.Addr]bool
 	any      map[netip.Addr][]AddrRange
 	ports    map[Proto]map[netip.Addr][]portGrant
 }
 
 func newDirBuilder() *dirBuilder {
-	return &dirBuilder{isolated: map[netip.Addr]bool{}, any: map[netip.Addr][]AddrRange{}, ports: map[Proto]map[netip.Addr][]portGrant{}}
+	return &dirBuilder{isolated: map[netip.Addr][]string{}, logged: map[netip.Addr]bool{},
+		any: map[netip.Addr][]AddrRange{}, ports: map[Proto]map[netip.Addr][]portGrant{}}
 }
 
-func (d *dirBuilder) isolate(targets []*podInfo) {
+func (d *dirBuilder) isolate(policy string, targets []*podInfo, logged bool) {
 	for _, t := range targets {
 		for _, ip := range t.ips {
-			d.isolated[ip] = true
+			d.isolated[ip] = append(d.isolated[ip], policy)
+			if logged {
+				d.logged[ip] = true
+			}
 		}
 	}
 }
@@ -203,11 +228,17 @@ func (d *dirBuilder) grant(t *podInfo, proto Proto, ports PortRange, peers []Add
 }
 
 func (d *dirBuilder) finish() Direction {
-	out := Direction{Any: map[netip.Addr]addrSet{}, Ports: map[Proto]map[netip.Addr][]PortPeers{}}
-	for ip := range d.isolated {
+	out := Direction{Any: map[netip.Addr]addrSet{}, Ports: map[Proto]map[netip.Addr][]PortPeers{}, Policies: map[netip.Addr][]string{}}
+	for ip, ps := range d.isolated {
 		out.Isolated = append(out.Isolated, ip)
+		slices.Sort(ps)
+		out.Policies[ip] = slices.Compact(ps)
 	}
 	out.Isolated = sortAddrs(out.Isolated)
+	for ip := range d.logged {
+		out.Logged = append(out.Logged, ip)
+	}
+	out.Logged = sortAddrs(out.Logged)
 	for ip, rs := range d.any {
 		if set := union(rs...); len(set) > 0 {
 			out.Any[ip] = set

@@ -1,7 +1,9 @@
 package policy
 
 import (
+	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -32,16 +34,87 @@ var directions = []direction{{egressChain, "saddr", "daddr"}, {ingressChain, "da
 func (d direction) isolated() string        { return d.name + "-isolated" }
 func (d direction) anySet() string          { return d.name + "-any" }
 func (d direction) protoSet(p Proto) string { return d.name + "-" + p.String() }
+func (d direction) logSet() string          { return d.name + "-log" }
+
+// Verdict counting: per isolated pod and direction, a named counter of
+// the first packets that reach the direction's chain ("new") and one of
+// those it drops ("denied"), found by maps keyed by the pod's address.
+const (
+	newCounts    = "new"
+	deniedCounts = "denied"
+)
+
+func (d direction) counterMap(kind string) string { return d.name + "-" + kind }
+
+// counterName is the named counter of a pod's verdicts of a kind in
+// direction d ("ingress-denied-10.244.1.5"; an IPv6 address's colons are
+// dashes).
+func counterName(d direction, kind string, ip netip.Addr) string {
+	return d.name + "-" + kind + "-" + strings.ReplaceAll(ip.String(), ":", "-")
+}
+
+// LogGroup is the nfnetlink_log group denied connections are logged to,
+// at most LogRate a second per direction (rate-limited in the kernel).
+const (
+	LogGroup = 17998
+	LogRate  = 20
+)
 
 // Elements are the elements of the table's sets: set → key (its fields
-// joined by " . ") → its fields.
-type Elements map[string]map[string][]string
+// joined by " . ") → the element.
+type Elements map[string]map[string]Element
 
-func (e Elements) add(set string, key ...string) {
-	if e[set] == nil {
-		e[set] = map[string][]string{}
+// Element is one element of a set: its fields, and a comment; an
+// element of a map of named counters has the counter's name as Value.
+type Element struct {
+	Key     []string
+	Value   []string
+	Comment string
+}
+
+func (e Elements) addCounter(m, name, key string) {
+	if e[m] == nil {
+		e[m] = map[string]Element{}
 	}
-	e[set][strings.Join(key, " . ")] = key
+	e[m][key] = Element{Key: []string{key}, Value: []string{name}}
+}
+
+// counters are the names of the named counters e's maps refer to.
+func (e Elements) counters() map[string]bool {
+	out := map[string]bool{}
+	for _, els := range e {
+		for _, el := range els {
+			if len(el.Value) > 0 {
+				out[el.Value[0]] = true
+			}
+		}
+	}
+	return out
+}
+
+func (e Elements) add(set string, key ...string) { e.addWithComment(set, "", key...) }
+
+func (e Elements) addWithComment(set, comment string, key ...string) {
+	if e[set] == nil {
+		e[set] = map[string]Element{}
+	}
+	e[set][strings.Join(key, " . ")] = Element{Key: key, Comment: comment}
+}
+
+// attachedSet records this node's attachments: host veth . address, the
+// pod's UID in the comment (see Attachments).
+const attachedSet = "attachments"
+
+// addAttachments adds the elements of the attachments' addresses of
+// family fam.
+func (e Elements) addAttachments(fam nft.Family, atts []Attachment) {
+	for _, a := range atts {
+		for _, ip := range a.IPs {
+			if fam.Has(ip) {
+				e.addWithComment(attachedSet, string(a.UID), a.HostVeth, ip.String())
+			}
+		}
+	}
 }
 
 // Elements are the set elements that enforce m.
@@ -54,6 +127,12 @@ func (m *Model) Elements() Elements {
 		}
 		for _, ip := range dir.Isolated {
 			e.add(d.isolated(), ip.String())
+			for _, kind := range []string{newCounts, deniedCounts} {
+				e.addCounter(d.counterMap(kind), counterName(d, kind, ip), ip.String())
+			}
+		}
+		for _, ip := range dir.Logged {
+			e.add(d.logSet(), ip.String())
 		}
 		for ip, peers := range dir.Any {
 			for _, r := range peers {
@@ -76,7 +155,7 @@ func (m *Model) Elements() Elements {
 // writeBase declares the table, its sets and chains, and writes the
 // chains' rules anew (flushed first: the transaction replaces them).
 func writeBase(tx *nft.Tx, fam nft.Family) {
-	ip, addr := fam.IP(), fam.AddrType()
+	addr := fam.AddrType()
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo("flatnet: NetworkPolicy (" + fam.String() + ")")})
 	interval := []knftables.SetFlag{knftables.IntervalFlag}
 	for _, d := range directions {
@@ -88,6 +167,15 @@ func writeBase(tx *nft.Tx, fam nft.Family) {
 				Comment: knftables.PtrTo("pod . peers . ports, " + p.String())})
 		}
 	}
+	for _, d := range directions {
+		for _, kind := range []string{newCounts, deniedCounts} {
+			tx.Add(&knftables.Map{Name: d.counterMap(kind), Type: addr + " : counter",
+				Comment: knftables.PtrTo("isolated pod: its counter of first packets " + kind + " (" + d.name + ")")})
+		}
+		tx.Add(&knftables.Set{Name: d.logSet(), Type: addr, Comment: knftables.PtrTo("isolated pods whose denied connections are logged")})
+	}
+	tx.Add(&knftables.Set{Name: attachedSet, Type: "ifname . " + addr,
+		Comment: knftables.PtrTo("host veth . address of this node's pods (comment: pod UID), read back on restart")})
 	tx.Add(&knftables.Chain{Name: forwardChain, Type: knftables.PtrTo(knftables.FilterType),
 		Hook: knftables.PtrTo(knftables.ForwardHook), Priority: knftables.PtrTo(knftables.FilterPriority)})
 	tx.Add(&knftables.Chain{Name: ingressChain})
@@ -99,13 +187,26 @@ func writeBase(tx *nft.Tx, fam nft.Family) {
 		tx.Add(&knftables.Rule{Chain: forwardChain, Rule: r})
 	}
 	for _, d := range directions {
-		pod, peer := ip+" "+d.pod, ip+" "+d.peer
-		for _, p := range Protos {
-			tx.Add(&knftables.Rule{Chain: d.name, Rule: "meta l4proto " + p.String() + " " + pod + " . " + peer + " . th dport @" + d.protoSet(p) + " return"})
+		for _, r := range directionRules(fam, d) {
+			tx.Add(&knftables.Rule{Chain: d.name, Rule: r})
 		}
-		tx.Add(&knftables.Rule{Chain: d.name, Rule: pod + " . " + peer + " @" + d.anySet() + " return"})
-		tx.Add(&knftables.Rule{Chain: d.name, Rule: "counter drop"})
 	}
+}
+
+// directionRules: the first packet of a connection of an isolated pod is
+// counted; it passes when an allow set holds it; otherwise it is logged
+// (the pod's namespace asking, rate-limited), counted as denied, and
+// dropped (by the last rule, should the pod have no counter).
+func directionRules(fam nft.Family, d direction) []string {
+	pod, peer := fam.IP()+" "+d.pod, fam.IP()+" "+d.peer
+	rules := []string{"counter name " + pod + " map @" + d.counterMap(newCounts)}
+	for _, p := range Protos {
+		rules = append(rules, "meta l4proto "+p.String()+" "+pod+" . "+peer+" . th dport @"+d.protoSet(p)+" return")
+	}
+	return append(rules, pod+" . "+peer+" @"+d.anySet()+" return",
+		fmt.Sprintf("%s @%s limit rate %d/second log prefix \"flatnet:%s\" group %d", pod, d.logSet(), LogRate, d.name, LogGroup),
+		"counter name "+pod+" map @"+d.counterMap(deniedCounts)+" drop",
+		"counter drop")
 }
 
 // forwardRules: replies and related packets of allowed connections pass;
@@ -127,9 +228,9 @@ func forwardRules(fam nft.Family) []string {
 
 // setNames are the names of the table's sets, in a fixed order.
 func setNames() []string {
-	var out []string
+	out := []string{attachedSet}
 	for _, d := range directions {
-		out = append(out, d.isolated(), d.anySet())
+		out = append(out, d.isolated(), d.anySet(), d.logSet())
 		for _, p := range Protos {
 			out = append(out, d.protoSet(p))
 		}
@@ -137,12 +238,23 @@ func setNames() []string {
 	return out
 }
 
-// writeFull writes the whole table: declarations, rules, and the sets
-// flushed and filled with want.
-func writeFull(tx *nft.Tx, fam nft.Family, want Elements) {
+// writeFull writes the whole table: declarations, rules, the sets
+// flushed and filled with want; of the named counters the table has
+// (existing), those want does not name are deleted, the others keep
+// their counts.
+func writeFull(tx *nft.Tx, fam nft.Family, want Elements, existing []string) {
 	writeBase(tx, fam)
 	for _, s := range setNames() {
 		tx.Flush(&knftables.Set{Name: s})
+	}
+	for _, m := range counterMaps() {
+		tx.Flush(&knftables.Map{Name: m})
+	}
+	keep := want.counters()
+	for _, c := range existing {
+		if !keep[c] {
+			tx.Delete(&knftables.Counter{Name: c})
+		}
 	}
 	writeDiff(tx, nil, want)
 }
@@ -151,22 +263,70 @@ func writeFull(tx *nft.Tx, fam nft.Family, want Elements) {
 // kernel refuses an interval that overlaps one still there), then the
 // additions. It reports whether it wrote anything.
 func writeDiff(tx *nft.Tx, have, want Elements) bool {
+	return writeSetsDiff(tx, append(setNames(), counterMaps()...), have, want)
+}
+
+// counterMaps are the names of the table's maps of counters.
+func counterMaps() []string {
+	var out []string
+	for _, d := range directions {
+		out = append(out, d.counterMap(newCounts), d.counterMap(deniedCounts))
+	}
+	return out
+}
+
+func writeSetsDiff(tx *nft.Tx, sets []string, have, want Elements) bool {
 	wrote := false
-	for _, s := range setNames() {
+	for _, s := range sets {
 		for _, k := range slices.Sorted(maps.Keys(have[s])) {
-			if _, ok := want[s][k]; !ok {
-				tx.Delete(&knftables.Element{Set: s, Key: have[s][k]})
+			if w, ok := want[s][k]; !ok || !sameElement(w, have[s][k]) {
+				tx.Delete(element(s, have[s][k]))
 				wrote = true
 			}
 		}
 	}
-	for _, s := range setNames() {
+	// counters after the map elements that name them leave, before those
+	// that name them come
+	hc, wc := have.counters(), want.counters()
+	for _, c := range slices.Sorted(maps.Keys(hc)) {
+		if !wc[c] {
+			tx.Delete(&knftables.Counter{Name: c})
+		}
+	}
+	for _, c := range slices.Sorted(maps.Keys(wc)) {
+		if !hc[c] {
+			tx.Add(&knftables.Counter{Name: c})
+		}
+	}
+	for _, s := range sets {
 		for _, k := range slices.Sorted(maps.Keys(want[s])) {
-			if _, ok := have[s][k]; !ok {
-				tx.Add(&knftables.Element{Set: s, Key: want[s][k]})
+			if h, ok := have[s][k]; !ok || !sameElement(h, want[s][k]) {
+				tx.Add(element(s, want[s][k]))
 				wrote = true
 			}
 		}
 	}
 	return wrote
+}
+
+func sameElement(a, b Element) bool { return a.Comment == b.Comment && slices.Equal(a.Value, b.Value) }
+
+// element is e of set (or map) s.
+func element(s string, e Element) *knftables.Element {
+	el := &knftables.Element{Set: s, Key: e.Key}
+	if len(e.Value) > 0 {
+		el.Set, el.Map, el.Value = "", s, e.Value
+	}
+	if e.Comment != "" {
+		el.Comment = &e.Comment
+	}
+	return el
+}
+
+func counterNames(cs []*knftables.Counter) []string {
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.Name
+	}
+	return out
 }

@@ -64,7 +64,19 @@ func runRule(table *knftables.FakeTable, toks []string, p tracePacket, depth int
 	for i := 0; i < len(toks); {
 		switch t := toks[i]; t {
 		case "counter":
+			if i+1 < len(toks) && toks[i+1] == "name" { // counter name FIELDS map @m: a miss ends the rule
+				n, ok, err := lookup(table, toks[i+2:], p)
+				if err != nil || !ok {
+					return "", err
+				}
+				i += 2 + n
+				continue
+			}
 			i++
+		case "limit": // limit rate N/second: the tracer is never over it
+			i += 3
+		case "log": // log prefix "P" group N
+			i += 5
 		case "accept", "drop", "return":
 			return t, nil
 		case "jump":
@@ -121,15 +133,22 @@ func lookup(table *knftables.FakeTable, toks []string, p tracePacket) (int, bool
 		}
 		i++
 	}
+	if toks[i] == "map" { // a map of counters: a lookup all the same
+		i++
+	}
 	if !strings.HasPrefix(toks[i], "@") {
 		return 0, false, fmt.Errorf("expected a set at %q", toks[i])
 	}
-	set, ok := table.Sets[toks[i][1:]]
-	if !ok {
+	var elements []*knftables.Element
+	interval := false
+	if set, ok := table.Sets[toks[i][1:]]; ok {
+		elements, interval = set.Elements, slices.Contains(set.Flags, knftables.IntervalFlag)
+	} else if m, ok := table.Maps[toks[i][1:]]; ok {
+		elements = m.Elements
+	} else {
 		return 0, false, fmt.Errorf("no set %s", toks[i])
 	}
-	interval := slices.Contains(set.Flags, knftables.IntervalFlag)
-	for _, e := range set.Elements {
+	for _, e := range elements {
 		if elementMatches(e.Key, fields, interval) {
 			return i + 1, true, nil
 		}
