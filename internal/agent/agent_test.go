@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,6 +58,13 @@ func TestValidate(t *testing.T) {
 	err := Defaults().Validate()
 	if err == nil || !strings.Contains(err.Error(), "--node-name") || !strings.Contains(err.Error(), "--cluster-cidr") {
 		t.Fatalf("got %v", err)
+	}
+	for addr, ok := range map[string]bool{"127.0.0.1:6060": true, "[::1]:6060": true, ":6060": false, "0.0.0.0:6060": false, "10.0.0.1:6060": false} {
+		o := Defaults()
+		o.PodCIDRs, o.PprofAddr = []netip.Prefix{netip.MustParsePrefix("10.244.3.0/24")}, addr
+		if err := o.Validate(); (err == nil) != ok {
+			t.Errorf("--debug-pprof-addr %s: got %v", addr, err)
+		}
 	}
 }
 

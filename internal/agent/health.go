@@ -4,12 +4,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// serve starts /healthz, /readyz and /metrics.
+// serve starts /healthz, /readyz, /metrics and, when asked, /debug/pprof/.
 func (a *Agent) serve() (func(), error) {
 	var stops []func()
 	start := func(addr string, h http.Handler) error {
@@ -38,7 +39,18 @@ func (a *Agent) serve() (func(), error) {
 	if err := start(a.o.MetricsAddr, promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{})); err != nil {
 		return stopAll, err
 	}
-	return stopAll, nil
+	return stopAll, start(a.o.PprofAddr, pprofHandler())
+}
+
+// pprofHandler serves Go's profiles (net/http/pprof) under /debug/pprof/.
+func pprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // live says why the agent should be restarted, or nil. As kube-proxy's

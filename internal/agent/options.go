@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -22,6 +23,7 @@ type Options struct {
 	CNIConfName   string
 	HealthAddr    string
 	MetricsAddr   string
+	PprofAddr     string // Go's /debug/pprof/, for memory and CPU profiles; "" = off
 	Resync        time.Duration
 	HealthTimeout time.Duration // /healthz fails when a sync loop makes no progress for this long
 	Proxy         bool          // run the service proxy
@@ -74,6 +76,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Conf.DataDir, "ipam-data-dir", "", "IPAM store directory written into the conflist (default: the plugin's)")
 	fs.StringVar(&o.HealthAddr, "health-addr", o.HealthAddr, "address of /healthz (empty: off)")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "address of /metrics, unauthenticated: keep it on loopback or behind a proxy that authenticates (empty: off)")
+	fs.StringVar(&o.PprofAddr, "debug-pprof-addr", "", "address of Go's /debug/pprof/ (heap and CPU profiles), a loopback address only (empty: off)")
 	fs.DurationVar(&o.Resync, "resync", o.Resync, "period of the full resync of routes and rules")
 	fs.DurationVar(&o.HealthTimeout, "health-timeout", o.HealthTimeout, "/healthz fails when a Service change waits this long for a successful sync, or a sync loop stops")
 	fs.BoolVar(&o.Proxy, "proxy", o.Proxy, "run the service proxy (replaces kube-proxy)")
@@ -104,6 +107,9 @@ func (o *Options) Validate() error {
 	if o.CNIConfDir == "" || o.CNIConfName == "" {
 		errs = append(errs, errors.New("--cni-conf-dir and --cni-conf-name must not be empty"))
 	}
+	if o.PprofAddr != "" && !loopback(o.PprofAddr) {
+		errs = append(errs, errors.New("--debug-pprof-addr must be a loopback address (profiles are unauthenticated)"))
+	}
 	if o.Resync < time.Second {
 		errs = append(errs, errors.New("--resync must be at least 1s"))
 	}
@@ -111,4 +117,14 @@ func (o *Options) Validate() error {
 		errs = append(errs, errors.New("--health-timeout must be at least 1m and twice --resync (retries back off up to 30s)"))
 	}
 	return errors.Join(errs...)
+}
+
+// loopback reports whether addr (host:port) is on a loopback address.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
