@@ -2,7 +2,9 @@
 // the real nft in a throwaway namespace and no API server: the first full
 // sync with N Services x E endpoints, syncs after one Service changes, the
 // idle table check, and a restarted proxier's first sync.
-// Run as root: go run ./bench/proxy [-services 10000 -endpoints 2].
+// Run as root: go run ./bench/proxy [-services 10000 -endpoints 2];
+// CPUPROFILE=file profiles the first sync and the changes, MEMPROFILE=file
+// writes a heap profile of what the two proxiers hold at the end.
 package main
 
 import (
@@ -149,6 +151,14 @@ func bench(services, eps, changes int) error {
 	fmt.Printf("idle table check: p50 %s p99 %s (n=%d)\n", idle[len(idle)/2].Round(10*time.Microsecond), idle[len(idle)*99/100].Round(10*time.Microsecond), len(idle))
 	fmt.Printf("full sync of a restarted proxier over that table (reading it back first): %s\n", restart.Round(time.Millisecond))
 	fmt.Printf("Go heap in use after a GC (both proxiers alive): %d MiB\n", ms.HeapInuse>>20)
+	if f := os.Getenv("MEMPROFILE"); f != "" { // what the two proxiers hold
+		pf, err := os.Create(f)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		return pprof.Lookup("heap").WriteTo(pf, 0)
+	}
 	return nil
 }
 

@@ -62,7 +62,8 @@ type row struct {
 	vsDirect, podVsDirect ratio  // via ClusterIP / straight to the pods, median of paired rounds
 	createdIn             time.Duration
 	programmingFailures   error
-	forbidden             int // lines of the proxy's log with "forbidden": it lacked RBAC
+	forbidden             int     // lines of the proxy's log with "forbidden": it lacked RBAC
+	mem                   *memory // with -memory
 }
 
 // measured reports whether the row has connection rates: a proxy whose
@@ -83,6 +84,7 @@ func run() int {
 	round := flag.Duration("round", 250*time.Millisecond, "length of one connection-rate round")
 	keep := flag.Bool("keep", false, "leave the lab up afterwards")
 	name := flag.String("name", "bench", "name of the lab the benchmark runs (and takes down)")
+	memoryOnly := flag.Bool("memory", false, "measure start->working, full sync and memory only (flatnet: RSS 3 s and 30 s after working, Go heap after a GC, a heap profile in the lab's state directory)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "the Service benchmark needs root (it runs a lab)")
@@ -109,8 +111,13 @@ func run() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	b.memoryOnly = *memoryOnly
 	rows, err := b.measureAll(*sizes, *only, *samples)
-	report(rows, b.runs)
+	if b.memoryOnly {
+		reportMemory(rows)
+	} else {
+		report(rows, b.runs)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -130,6 +137,7 @@ type bench struct {
 	nodeNS, serverNS, podNS string   // node-1, node-2, the client pod on node-1
 	probe                   *prober
 	runs                    rateRuns
+	memoryOnly              bool
 }
 
 // setUp deploys the backends on node-2 and the client pod on node-1.
@@ -197,6 +205,10 @@ func (b *bench) measureAll(sizes, only string, samples int) ([]row, error) {
 
 // measure runs proxy p on node-1 and fills r.
 func (b *bench) measure(r *row, p proxyUnderTest, vip string, samples int) (err error) {
+	if b.memoryOnly && p.name == "flatnet" {
+		argv := p.argv
+		p.argv = func(l lab.Layout, bin string) []string { return append(argv(l, bin), "--debug-pprof-addr="+pprofAddr) }
+	}
 	left, err := prepare(b.l, b.o.BinDir, p)
 	if err != nil {
 		return err
@@ -225,6 +237,9 @@ func (b *bench) measure(r *row, p proxyUnderTest, vip string, samples int) (err 
 		r.fullSync = v
 	}
 	r.rssMiB = rss(pid)
+	if b.memoryOnly {
+		return b.measureMemory(r, p, pid)
+	}
 	lat, err := programmingLatency(b.ctx, b.c, b.probe, strings.ReplaceAll(p.name, "kube-proxy-", "kp"), b.ips, samples)
 	if err != nil {
 		r.programmingFailures = err
