@@ -35,8 +35,11 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 		}
 		return obj
 	}
+	// The informers keep only what the proxy reads of each object (see
+	// proxy.SlimService): at 10,000 Services their caches are most of
+	// flatnetd's memory.
 	svcs := factory.Core().V1().Services().Informer()
-	_ = svcs.SetTransform(dropManagedFields)
+	_ = svcs.SetTransform(proxy.SlimService)
 	if _, err := svcs.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { all(func(p *proxy.Proxier) { p.UpdateService(o.(*corev1.Service)) }) },
 		UpdateFunc: func(_, o any) { all(func(p *proxy.Proxier) { p.UpdateService(o.(*corev1.Service)) }) },
@@ -49,7 +52,7 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 		return err
 	}
 	eps := factory.Discovery().V1().EndpointSlices().Informer()
-	_ = eps.SetTransform(dropManagedFields)
+	_ = eps.SetTransform(proxy.SlimEndpointSlice)
 	if _, err := eps.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { all(func(p *proxy.Proxier) { p.UpdateSlice(o.(*discoveryv1.EndpointSlice)) }) },
 		UpdateFunc: func(_, o any) { all(func(p *proxy.Proxier) { p.UpdateSlice(o.(*discoveryv1.EndpointSlice)) }) },
@@ -88,16 +91,6 @@ func (a *Agent) newProxiers(zone string) error {
 		a.proxiers = append(a.proxiers, p)
 	}
 	return nil
-}
-
-func dropManagedFields(obj any) (any, error) {
-	switch o := obj.(type) {
-	case *corev1.Service:
-		o.ManagedFields = nil
-	case *discoveryv1.EndpointSlice:
-		o.ManagedFields = nil
-	}
-	return obj, nil
 }
 
 // enableBridgeNetfilter makes bridged IPv4 and IPv6 traffic pass the IP
