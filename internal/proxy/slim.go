@@ -22,67 +22,80 @@ import (
 // (namespace, name, UID and resourceVersion, for Events on it; its
 // creation time, for address ownership), the spec fields that make its
 // ports and the load-balancer ingress IPs. Other objects pass unchanged.
+// The Service is trimmed in place: it is the informer's fresh copy, and a
+// new one would leave the heap's spans half empty (a copy of every object
+// allocated between objects that die).
 func SlimService(obj any) (any, error) {
 	svc, ok := obj.(*corev1.Service)
 	if !ok {
 		return obj, nil
 	}
 	s := &svc.Spec
-	out := &corev1.Service{
-		ObjectMeta: slimMeta(&svc.ObjectMeta),
-		Spec: corev1.ServiceSpec{
-			Type: s.Type, ClusterIP: s.ClusterIP, ClusterIPs: s.ClusterIPs, ExternalIPs: s.ExternalIPs,
-			LoadBalancerSourceRanges: s.LoadBalancerSourceRanges, SessionAffinity: s.SessionAffinity,
-			SessionAffinityConfig: s.SessionAffinityConfig, InternalTrafficPolicy: s.InternalTrafficPolicy,
-			ExternalTrafficPolicy: s.ExternalTrafficPolicy, HealthCheckNodePort: s.HealthCheckNodePort,
-			TrafficDistribution: s.TrafficDistribution,
-		},
+	svc.ObjectMeta = slimMeta(&svc.ObjectMeta)
+	svc.Spec = corev1.ServiceSpec{
+		Type: s.Type, ClusterIP: s.ClusterIP, ClusterIPs: s.ClusterIPs, ExternalIPs: s.ExternalIPs,
+		LoadBalancerSourceRanges: s.LoadBalancerSourceRanges, SessionAffinity: s.SessionAffinity,
+		SessionAffinityConfig: s.SessionAffinityConfig, InternalTrafficPolicy: s.InternalTrafficPolicy,
+		ExternalTrafficPolicy: s.ExternalTrafficPolicy, HealthCheckNodePort: s.HealthCheckNodePort,
+		TrafficDistribution: s.TrafficDistribution, Ports: s.Ports,
 	}
-	if len(s.Ports) > 0 {
-		out.Spec.Ports = make([]corev1.ServicePort, len(s.Ports))
-		for i, p := range s.Ports {
-			out.Spec.Ports[i] = corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port, NodePort: p.NodePort}
+	for i, p := range s.Ports {
+		s.Ports[i] = corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port, NodePort: p.NodePort}
+	}
+	ingress := svc.Status.LoadBalancer.Ingress
+	svc.Status = corev1.ServiceStatus{}
+	for _, ing := range ingress {
+		if ing.IP != "" {
+			svc.Status.LoadBalancer.Ingress = append(svc.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: ing.IP})
 		}
 	}
-	for _, ing := range svc.Status.LoadBalancer.Ingress {
-		out.Status.LoadBalancer.Ingress = append(out.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: ing.IP})
-	}
-	return out, nil
+	return svc, nil
 }
 
 // SlimEndpointSlice returns what the proxier reads of an EndpointSlice: its
 // identity, the label naming its Service, the annotation with the time of
 // the change that triggered it (for the programming-latency metric), its
 // address type and ports, and of each endpoint its addresses, conditions,
-// node and zone hints. Other objects pass unchanged.
+// node and zone hints. Other objects pass unchanged. The slice is trimmed
+// in place, as a Service is.
 func SlimEndpointSlice(obj any) (any, error) {
 	sl, ok := obj.(*discoveryv1.EndpointSlice)
 	if !ok {
 		return obj, nil
 	}
-	out := &discoveryv1.EndpointSlice{ObjectMeta: slimMeta(&sl.ObjectMeta), AddressType: sl.AddressType}
-	if name, ok := sl.Labels[discoveryv1.LabelServiceName]; ok {
-		out.Labels = map[string]string{discoveryv1.LabelServiceName: name}
+	labels, annotations := sl.Labels, sl.Annotations
+	sl.ObjectMeta = slimMeta(&sl.ObjectMeta)
+	if name, ok := labels[discoveryv1.LabelServiceName]; ok {
+		sl.Labels = keepOne(labels, discoveryv1.LabelServiceName, name)
 	}
-	if t, ok := sl.Annotations[corev1.EndpointsLastChangeTriggerTime]; ok {
-		out.Annotations = map[string]string{corev1.EndpointsLastChangeTriggerTime: t}
+	if t, ok := annotations[corev1.EndpointsLastChangeTriggerTime]; ok {
+		sl.Annotations = keepOne(annotations, corev1.EndpointsLastChangeTriggerTime, t)
 	}
-	if len(sl.Ports) > 0 {
-		out.Ports = make([]discoveryv1.EndpointPort, len(sl.Ports))
-		for i, p := range sl.Ports {
-			out.Ports[i] = discoveryv1.EndpointPort{Name: p.Name, Protocol: p.Protocol, Port: p.Port}
+	for i, p := range sl.Ports {
+		sl.Ports[i] = discoveryv1.EndpointPort{Name: p.Name, Protocol: p.Protocol, Port: p.Port}
+	}
+	for i, e := range sl.Endpoints {
+		sl.Endpoints[i] = discoveryv1.Endpoint{Addresses: e.Addresses, Conditions: e.Conditions, NodeName: e.NodeName}
+		if e.Hints != nil && len(e.Hints.ForZones) > 0 {
+			sl.Endpoints[i].Hints = &discoveryv1.EndpointHints{ForZones: e.Hints.ForZones}
 		}
 	}
-	if len(sl.Endpoints) > 0 {
-		out.Endpoints = make([]discoveryv1.Endpoint, len(sl.Endpoints))
-		for i, e := range sl.Endpoints {
-			out.Endpoints[i] = discoveryv1.Endpoint{Addresses: e.Addresses, Conditions: e.Conditions, NodeName: e.NodeName}
-			if e.Hints != nil && len(e.Hints.ForZones) > 0 {
-				out.Endpoints[i].Hints = &discoveryv1.EndpointHints{ForZones: e.Hints.ForZones}
-			}
+	return sl, nil
+}
+
+// keepOne is m with only key k (value v). A small map (one group of 8
+// slots) keeps its memory whatever it holds, so the other keys are deleted
+// from it; a larger one is replaced.
+func keepOne(m map[string]string, k, v string) map[string]string {
+	if len(m) > 8 {
+		return map[string]string{k: v}
+	}
+	for key := range m {
+		if key != k {
+			delete(m, key)
 		}
 	}
-	return out, nil
+	return m
 }
 
 // slimMeta keeps an object's identity: namespace, name, UID,

@@ -103,16 +103,18 @@ func TestSlimObjectsProgramTheSame(t *testing.T) {
 	for _, fam := range []Family{IPv4, IPv6} {
 		for _, svc := range fullServices() {
 			svc.Spec.HealthCheckNodePort = 32123 // not in the tables below: it would listen
-			slim, _ := SlimService(svc)
-			if got, want := servicePorts(slim.(*corev1.Service), fam), servicePorts(svc, fam); !reflect.DeepEqual(got, want) {
+			full := svc.DeepCopy()
+			slim, _ := SlimService(svc) // in place
+			if got, want := servicePorts(slim.(*corev1.Service), fam), servicePorts(full, fam); !reflect.DeepEqual(got, want) {
 				t.Errorf("%s %s: ports of the slim Service %+v, of the full one %+v", fam, svc.Name, got, want)
 			}
 		}
 		for _, sl := range fullSlices() {
+			full := sl.DeepCopy()
 			slim, _ := SlimEndpointSlice(sl)
 			for _, node := range []string{"node-1", "node-2"} {
 				got := sliceEndpoints([]*discoveryv1.EndpointSlice{slim.(*discoveryv1.EndpointSlice)}, node, fam)
-				if want := sliceEndpoints([]*discoveryv1.EndpointSlice{sl}, node, fam); !reflect.DeepEqual(got, want) {
+				if want := sliceEndpoints([]*discoveryv1.EndpointSlice{full}, node, fam); !reflect.DeepEqual(got, want) {
 					t.Errorf("%s %s on %s: endpoints of the slim slice %+v, of the full one %+v", fam, sl.Name, node, got, want)
 				}
 			}
