@@ -22,14 +22,15 @@ const pprofAddr = "127.0.0.1:9467"
 // profile, in that order (the profile's GC changes the RSS).
 type memory struct {
 	rss3s, rss30s float64 // MiB
+	heapAlloc     float64 // MiB, after a GC: live objects
 	heapInuse     float64 // MiB, after a GC: live objects and their spans' free slots
 	heapSys       float64 // MiB, heap memory obtained from the OS, less what was released to it
 	profile       string  // heap profile written here
 }
 
 func (m memory) String() string {
-	return fmt.Sprintf("RSS %.0f MiB 3 s after working, %.0f MiB 30 s after; Go heap in use after a GC %.0f MiB (held from the OS %.0f MiB); heap profile %s",
-		m.rss3s, m.rss30s, m.heapInuse, m.heapSys, m.profile)
+	return fmt.Sprintf("RSS %.0f MiB 3 s after working, %.0f MiB 30 s after; Go heap after a GC: live %.0f MiB, in use %.0f MiB, held from the OS %.0f MiB; heap profile %s",
+		m.rss3s, m.rss30s, m.heapAlloc, m.heapInuse, m.heapSys, m.profile)
 }
 
 // measureMemory fills m for flatnetd (pid), which serves pprof on
@@ -49,7 +50,7 @@ func measureMemory(nsPath string, pid int, rss3s float64, profile string) (memor
 			stats[f[1]] = v / (1 << 20)
 		}
 	}
-	m.heapInuse, m.heapSys = stats["HeapInuse"], stats["HeapSys"]-stats["HeapReleased"]
+	m.heapAlloc, m.heapInuse, m.heapSys = stats["HeapAlloc"], stats["HeapInuse"], stats["HeapSys"]-stats["HeapReleased"]
 	data, err := fetch(nsPath, pprofAddr, "/debug/pprof/heap")
 	if err != nil {
 		return m, err
