@@ -72,19 +72,17 @@ func b2i(b bool) int {
 	return 0
 }
 
-// ownership indexes every claim of every Service.
+// ownership indexes every claim of every Service. The ports each Service
+// claims with are its caller's (serviceState.claimed), not kept twice.
 type ownership struct {
 	claims     map[frontend][]claimant                      // sorted, oldest first
 	clusterIPs map[netip.Addr]int                           // Service ports with this ClusterIP
 	externals  map[netip.Addr]map[types.NamespacedName]bool // who names an address as external
-	bySvc      map[types.NamespacedName][]*ServicePort      // the ports each Service claims with
-	created    map[types.NamespacedName]time.Time
 }
 
 func newOwnership() *ownership {
 	return &ownership{claims: map[frontend][]claimant{}, clusterIPs: map[netip.Addr]int{},
-		externals: map[netip.Addr]map[types.NamespacedName]bool{}, bySvc: map[types.NamespacedName][]*ServicePort{},
-		created: map[types.NamespacedName]time.Time{}}
+		externals: map[netip.Addr]map[types.NamespacedName]bool{}}
 }
 
 // frontends lists what a Service port claims: its ClusterIP, each external
@@ -114,10 +112,11 @@ func claimsOf(sp *ServicePort) map[frontend]bool {
 	return out
 }
 
-// set replaces the claims of Service key (ports nil: the Service is gone)
-// and returns the other Services whose share of their claims may have
-// changed with it.
-func (o *ownership) set(key types.NamespacedName, created time.Time, ports []*ServicePort) map[types.NamespacedName]bool {
+// set replaces the claims of Service key, made with the ports old (none
+// the first time), by those of ports (none: the Service is gone) and
+// returns the other Services whose share of their claims may have changed
+// with it.
+func (o *ownership) set(key types.NamespacedName, created time.Time, old, ports []*ServicePort) map[types.NamespacedName]bool {
 	affected := map[types.NamespacedName]bool{}
 	touch := func(f frontend) {
 		for _, c := range o.claims[f] {
@@ -127,7 +126,7 @@ func (o *ownership) set(key types.NamespacedName, created time.Time, ports []*Se
 			affected[svc] = true
 		}
 	}
-	for _, sp := range o.bySvc[key] {
+	for _, sp := range old {
 		for f := range claimsOf(sp) {
 			touch(f)
 			o.claims[f] = slices.DeleteFunc(o.claims[f], func(c claimant) bool { return c.port == sp.Name })
@@ -142,8 +141,6 @@ func (o *ownership) set(key types.NamespacedName, created time.Time, ports []*Se
 			removeFrom(o.externals, ip, key)
 		}
 	}
-	delete(o.bySvc, key)
-	delete(o.created, key)
 	for _, sp := range ports {
 		for f, external := range claimsOf(sp) {
 			c := claimant{port: sp.Name, external: external, created: created}
@@ -155,9 +152,6 @@ func (o *ownership) set(key types.NamespacedName, created time.Time, ports []*Se
 		for _, ip := range sp.ExternalIPs {
 			addTo(o.externals, ip, key)
 		}
-	}
-	if ports != nil {
-		o.bySvc[key], o.created[key] = ports, created
 	}
 	delete(affected, key)
 	return affected
@@ -184,7 +178,9 @@ func (o *ownership) owns(sp *ServicePort, f frontend) bool {
 }
 
 // filter returns the ports of a Service as they are programmed: without
-// the frontends others own, and the conflicts that cost it.
+// the frontends others own, and the conflicts that cost it. A port that
+// loses nothing is returned as it is (ports are never changed once made),
+// so the usual Service, which has no conflict, is not held twice.
 func (o *ownership) filter(ports []*ServicePort) (out []*ServicePort, conflicts []string) {
 	for _, sp := range ports {
 		cip, ext, np := frontends(sp)
@@ -207,6 +203,10 @@ func (o *ownership) filter(ports []*ServicePort) (out []*ServicePort, conflicts 
 		if np.port != 0 && !o.owns(sp, np) {
 			conflicts = append(conflicts, fmt.Sprintf("%s of port %s belongs to the older %s", np, sp.Name, o.claims[np][0].port))
 			keep.NodePort = 0
+		}
+		if len(keep.ExternalIPs) == len(sp.ExternalIPs) && keep.NodePort == sp.NodePort {
+			out = append(out, sp) // nothing lost
+			continue
 		}
 		if !keep.HasExternal() {
 			keep.ExternalLocal, keep.HealthCheckPort = false, 0
