@@ -56,7 +56,6 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
@@ -127,8 +126,7 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 	}
 	a.events = newEventSink(ctx, client, o.NodeName)
 	defer a.events.shutdown()
-	factory := informers.NewSharedInformerFactory(client, 0)
-	if err := a.watchNodes(ctx, factory); err != nil {
+	if err := a.watchNodes(ctx, client); err != nil {
 		return err
 	}
 	log.Info("watching nodes", "node", o.NodeName)
@@ -137,7 +135,7 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 		if self, err := a.nodes.Get(o.NodeName); err == nil {
 			zone = self.Labels[corev1.LabelTopologyZone]
 		}
-		if err := a.startProxy(ctx, factory, zone); err != nil {
+		if err := a.startProxy(ctx, client, zone); err != nil {
 			return err
 		}
 		log.Info("service proxy running", "table", proxy.Table, "families", len(a.proxiers))
@@ -158,16 +156,16 @@ func Run(ctx context.Context, o *Options, log *slog.Logger) error {
 // watchNodes starts the Node informer (managedFields and images dropped
 // from its cache) and waits for it to sync; only Node changes that matter
 // to the agent poke its runner.
-func (a *Agent) watchNodes(ctx context.Context, factory informers.SharedInformerFactory) error {
-	inf := factory.Core().V1().Nodes()
-	_ = inf.Informer().SetTransform(func(obj any) (any, error) {
+func (a *Agent) watchNodes(ctx context.Context, client *apiClient) error {
+	inf := informer(client.core, "nodes", &corev1.Node{})
+	_ = inf.SetTransform(func(obj any) (any, error) {
 		if n, ok := obj.(*corev1.Node); ok {
 			n.ManagedFields, n.Status.Images = nil, nil
 		}
 		return obj, nil
 	})
 	poke := func(any) { a.runner.Poke() }
-	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: poke, DeleteFunc: poke,
 		UpdateFunc: func(old, cur any) {
 			if nodeChanged(old.(*corev1.Node), cur.(*corev1.Node)) {
@@ -177,9 +175,9 @@ func (a *Agent) watchNodes(ctx context.Context, factory informers.SharedInformer
 	}); err != nil {
 		return err
 	}
-	a.nodes = inf.Lister()
-	factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+	a.nodes = corelisters.NewNodeLister(inf.GetIndexer())
+	go inf.RunWithContext(ctx)
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 		return ctx.Err()
 	}
 	return nil

@@ -6,9 +6,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
 )
 
@@ -25,11 +22,11 @@ type eventSink struct {
 	lastErr string
 }
 
-func newEventSink(ctx context.Context, client kubernetes.Interface, nodeName string) *eventSink {
+func newEventSink(ctx context.Context, client *apiClient, nodeName string) *eventSink {
 	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	b.StartRecordingToSink(apiEventSink{client.core})
 	return &eventSink{
-		EventRecorder: b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "flatnetd", Host: nodeName}),
+		EventRecorder: b.NewRecorder(apiScheme, corev1.EventSource{Component: "flatnetd", Host: nodeName}),
 		broadcaster:   b,
 		// Node Events name the node by its name as UID, as the kubelet's do.
 		node: &corev1.ObjectReference{Kind: "Node", Name: nodeName, UID: types.UID(nodeName), APIVersion: "v1"},

@@ -9,10 +9,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
@@ -34,17 +32,23 @@ type policyInformers struct {
 
 // newPolicyInformers makes the informers over client (the one place the
 // policy wiring knows how the agent talks to the API server).
-func newPolicyInformers(client kubernetes.Interface) policyInformers {
-	f := informers.NewSharedInformerFactory(client, 0)
-	return policyInformers{
-		policies:   f.Networking().V1().NetworkPolicies().Informer(),
-		pods:       f.Core().V1().Pods().Informer(),
-		namespaces: f.Core().V1().Namespaces().Informer(),
+func newPolicyInformers(client *apiClient) policyInformers {
+	inf := policyInformers{
+		policies:   informer(client.networking, "networkpolicies", &networkingv1.NetworkPolicy{}),
+		pods:       informer(client.core, "pods", &corev1.Pod{}),
+		namespaces: informer(client.core, "namespaces", &corev1.Namespace{}),
 		getPod: func(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
-			return client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+			pod := &corev1.Pod{}
+			err := client.core.Get().Namespace(namespace).Resource("pods").Name(name).Do(ctx).Into(pod)
+			return pod, err
 		},
-		start: f.Start,
 	}
+	inf.start = func(stop <-chan struct{}) {
+		for _, i := range []cache.SharedIndexInformer{inf.policies, inf.pods, inf.namespaces} {
+			go i.Run(stop)
+		}
+	}
+	return inf
 }
 
 // startPolicy runs NetworkPolicy enforcement: one engine per cluster CIDR

@@ -19,6 +19,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -123,7 +125,7 @@ func TestPolicyEnginesFollowTheAPIServer(t *testing.T) {
 	a.installed.Store(true)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := a.startPolicy(ctx, newPolicyInformers(client)); err != nil {
+	if err := a.startPolicy(ctx, fakePolicyInformers(client)); err != nil {
 		t.Fatal(err)
 	}
 	if len(a.policies) != 2 || len(fakes) != 3 || fakes[nft.Bridge] == nil || a.guard == nil {
@@ -223,7 +225,7 @@ func TestPolicyTurnsOnBridgeNetfilter(t *testing.T) {
 		if err := sysctl.Ensure(knob, "0"); err != nil {
 			return err
 		}
-		if err := a.startPolicy(ctx, newPolicyInformers(client)); err != nil {
+		if err := a.startPolicy(ctx, fakePolicyInformers(client)); err != nil {
 			return err
 		}
 		got, err = os.ReadFile(knob)
@@ -259,7 +261,7 @@ func TestAdmissionOverTheSocket(t *testing.T) {
 	req := admit.Request{Op: admit.Add, Namespace: "x", Name: "new", UID: "uid-new", ContainerID: "c", IfName: "eth0",
 		HostVeth: "fn0000", IPs: []netip.Addr{netip.MustParseAddr("10.244.0.9"), netip.MustParseAddr("fd00:244::9")}}
 	err = netns.Do(path, func() error {
-		if err := a.startPolicy(ctx, newPolicyInformers(client)); err != nil {
+		if err := a.startPolicy(ctx, fakePolicyInformers(client)); err != nil {
 			return err
 		}
 		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
@@ -298,5 +300,21 @@ func TestPolicyLogEndpoint(t *testing.T) {
 	a.policyLog.Store(policy.NewLog(nil, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if code, body := get(); code != http.StatusOK || body != "[]" {
 		t.Errorf("policy on: %d %q", code, body)
+	}
+}
+
+// fakePolicyInformers are the policy informers over a fake clientset, as
+// client-go's informer factory makes them (flatnetd makes them over its
+// own REST clients: newPolicyInformers).
+func fakePolicyInformers(client kubernetes.Interface) policyInformers {
+	f := informers.NewSharedInformerFactory(client, 0)
+	return policyInformers{
+		policies:   f.Networking().V1().NetworkPolicies().Informer(),
+		pods:       f.Core().V1().Pods().Informer(),
+		namespaces: f.Core().V1().Namespaces().Informer(),
+		getPod: func(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
+			return client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+		},
+		start: f.Start,
 	}
 }

@@ -7,7 +7,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/flatnet-io/flatnet/internal/nft"
@@ -17,7 +16,7 @@ import (
 
 // startProxy wires the service proxy to Service and EndpointSlice informers
 // and starts each family's proxier (its own runner) until ctx ends.
-func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformerFactory, zone string) error {
+func (a *Agent) startProxy(ctx context.Context, client *apiClient, zone string) error {
 	if err := enableBridgeNetfilter(); err != nil {
 		a.log.Warn("bridged traffic will not see the proxy's rules", "err", err)
 	}
@@ -38,7 +37,7 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	// The informers keep only what the proxy reads of each object (see
 	// proxy.SlimService): at 10,000 Services their caches are most of
 	// flatnetd's memory.
-	svcs := factory.Core().V1().Services().Informer()
+	svcs := informer(client.core, "services", &corev1.Service{})
 	_ = svcs.SetTransform(proxy.SlimService)
 	if _, err := svcs.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { all(func(p *proxy.Proxier) { p.UpdateService(o.(*corev1.Service)) }) },
@@ -51,7 +50,7 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	}); err != nil {
 		return err
 	}
-	eps := factory.Discovery().V1().EndpointSlices().Informer()
+	eps := informer(client.discovery, "endpointslices", &discoveryv1.EndpointSlice{})
 	_ = eps.SetTransform(proxy.SlimEndpointSlice)
 	if _, err := eps.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { all(func(p *proxy.Proxier) { p.UpdateSlice(o.(*discoveryv1.EndpointSlice)) }) },
@@ -64,7 +63,8 @@ func (a *Agent) startProxy(ctx context.Context, factory informers.SharedInformer
 	}); err != nil {
 		return err
 	}
-	factory.Start(ctx.Done())
+	go svcs.RunWithContext(ctx)
+	go eps.RunWithContext(ctx)
 	if !cache.WaitForCacheSync(ctx.Done(), svcs.HasSynced, eps.HasSynced) {
 		return ctx.Err()
 	}
