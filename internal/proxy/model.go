@@ -196,53 +196,104 @@ type portKey struct {
 // sliceEndpoints collects the endpoints of every port of a Service from its
 // EndpointSlices of family fam, deduplicated by address and port.
 func sliceEndpoints(slicesOf []*discoveryv1.EndpointSlice, node string, fam Family) map[portKey][]Endpoint {
-	out := map[portKey][]Endpoint{}
-	type endpointOf struct {
-		port portKey
-		at   netip.AddrPort
-	}
-	seen := map[endpointOf]bool{}
+	var infos []*sliceInfo
 	for _, s := range slicesOf {
-		if s.AddressType != addressType(fam) {
+		if s.AddressType == addressType(fam) {
+			infos = append(infos, newSliceInfo(s, node))
+		}
+	}
+	return mergeEndpoints(infos)
+}
+
+// endpointOf identifies an endpoint of a port, to drop repeats.
+type endpointOf struct {
+	port portKey
+	at   netip.AddrPort
+}
+
+// sliceInfo is what the proxier keeps of an EndpointSlice: its name and
+// the endpoints of each of its ports, deduplicated by address and port and
+// sorted.
+type sliceInfo struct {
+	name  string
+	ports []portEndpoints
+}
+
+type portEndpoints struct {
+	key portKey
+	eps []Endpoint
+}
+
+// newSliceInfo reads an EndpointSlice as seen from node.
+func newSliceInfo(s *discoveryv1.EndpointSlice, node string) *sliceInfo {
+	info := &sliceInfo{name: s.Name}
+	seen := map[endpointOf]bool{}
+	for _, p := range s.Ports {
+		if p.Port == nil {
 			continue
 		}
-		for _, p := range s.Ports {
-			if p.Port == nil {
-				continue
-			}
-			name, proto := "", corev1.ProtocolTCP
-			if p.Name != nil {
-				name = *p.Name
-			}
-			if p.Protocol != nil {
-				proto = *p.Protocol
-			}
-			key := portKey{name, proto}
-			for _, e := range s.Endpoints {
-				ep := endpoint(e, uint16(*p.Port), node)
-				for _, a := range e.Addresses {
-					ip, ok := parseAddr(a)
-					if !ok {
-						continue
-					}
+		key := portKey{"", corev1.ProtocolTCP}
+		if p.Name != nil {
+			key.name = *p.Name
+		}
+		if p.Protocol != nil {
+			key.proto = *p.Protocol
+		}
+		i := slices.IndexFunc(info.ports, func(pe portEndpoints) bool { return pe.key == key })
+		if i < 0 { // (a key is named once, unless the slice is invalid)
+			i = len(info.ports)
+			info.ports = append(info.ports, portEndpoints{key: key})
+		}
+		pe := &info.ports[i]
+		for _, e := range s.Endpoints {
+			ep := endpoint(e, uint16(*p.Port), node)
+			for _, a := range e.Addresses {
+				if ip, ok := parseAddr(a); ok && !seen[endpointOf{key, netip.AddrPortFrom(ip, ep.Port)}] {
+					seen[endpointOf{key, netip.AddrPortFrom(ip, ep.Port)}] = true
 					ep.IP = ip
-					id := endpointOf{key, netip.AddrPortFrom(ep.IP, ep.Port)}
-					if seen[id] {
-						continue
-					}
+					pe.eps = append(pe.eps, ep)
+				}
+			}
+		}
+	}
+	info.ports = slices.DeleteFunc(info.ports, func(pe portEndpoints) bool { return len(pe.eps) == 0 })
+	for _, pe := range info.ports {
+		slices.SortFunc(pe.eps, compareEndpoints)
+	}
+	return info
+}
+
+func compareEndpoints(a, b Endpoint) int {
+	if c := a.IP.Compare(b.IP); c != 0 {
+		return c
+	}
+	return int(a.Port) - int(b.Port)
+}
+
+// mergeEndpoints collects the endpoints of each port from the slices of a
+// Service, the first of each address and port, sorted. The usual Service,
+// with one slice, gets that slice's lists as they are.
+func mergeEndpoints(infos []*sliceInfo) map[portKey][]Endpoint {
+	out := map[portKey][]Endpoint{}
+	if len(infos) == 1 {
+		for _, pe := range infos[0].ports {
+			out[pe.key] = pe.eps
+		}
+		return out
+	}
+	seen := map[endpointOf]bool{}
+	for _, info := range infos {
+		for _, pe := range info.ports {
+			for _, ep := range pe.eps {
+				if id := (endpointOf{pe.key, netip.AddrPortFrom(ep.IP, ep.Port)}); !seen[id] {
 					seen[id] = true
-					out[key] = append(out[key], ep)
+					out[pe.key] = append(out[pe.key], ep)
 				}
 			}
 		}
 	}
 	for k := range out {
-		slices.SortFunc(out[k], func(a, b Endpoint) int {
-			if c := a.IP.Compare(b.IP); c != 0 {
-				return c
-			}
-			return int(a.Port) - int(b.Port)
-		})
+		slices.SortFunc(out[k], compareEndpoints)
 	}
 	return out
 }

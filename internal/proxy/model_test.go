@@ -136,31 +136,36 @@ func TestResyncDeletesStaleChains(t *testing.T) {
 // table a full sync of the same state writes.
 func TestPartialSyncEqualsFullSync(t *testing.T) {
 	p, fake, _ := newFakeProxier(t)
+	// What p was given, to give a fresh proxier.
+	services, slicesOf := map[string]*corev1.Service{}, map[string]*discoveryv1.EndpointSlice{}
+	update := func(s *corev1.Service) { services[s.Name] = s; p.UpdateService(s) }
+	remove := func(s *corev1.Service) { delete(services, s.Name); p.DeleteService(s) }
+	updateSlice := func(s *discoveryv1.EndpointSlice) { slicesOf[s.Name] = s; p.UpdateSlice(s) }
 	np := service("np", "10.96.0.30", corev1.ServicePort{Name: "http", Port: 80, NodePort: 30080})
 	np.Spec.Type = corev1.ServiceTypeNodePort
 	steps := []func(){
 		func() {
-			p.UpdateService(service("web", "10.96.0.10", corev1.ServicePort{Name: "http", Port: 80}, corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}))
-			p.UpdateSlice(slice("web", 8080, corev1.ProtocolTCP, ready("10.244.1.2", "node-1"), ready("10.244.2.2", "node-2")))
-			p.UpdateService(np)
-			p.UpdateSlice(slice("np", 8080, corev1.ProtocolTCP, ready("10.244.1.5", "node-1")))
+			update(service("web", "10.96.0.10", corev1.ServicePort{Name: "http", Port: 80}, corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}))
+			updateSlice(slice("web", 8080, corev1.ProtocolTCP, ready("10.244.1.2", "node-1"), ready("10.244.2.2", "node-2")))
+			update(np)
+			updateSlice(slice("np", 8080, corev1.ProtocolTCP, ready("10.244.1.5", "node-1")))
 		},
-		func() { p.UpdateSlice(slice("web", 8080, corev1.ProtocolTCP, ready("10.244.1.3", "node-1"))) },
+		func() { updateSlice(slice("web", 8080, corev1.ProtocolTCP, ready("10.244.1.3", "node-1"))) },
 		func() { // a second user of the shared chain lb-1, which exists
-			p.UpdateService(service("api", "10.96.0.12", corev1.ServicePort{Name: "http", Port: 80}))
-			p.UpdateSlice(slice("api", 8080, corev1.ProtocolTCP, ready("10.244.1.4", "node-1")))
+			update(service("api", "10.96.0.12", corev1.ServicePort{Name: "http", Port: 80}))
+			updateSlice(slice("api", 8080, corev1.ProtocolTCP, ready("10.244.1.4", "node-1")))
 		},
 		func() {
 			s := service("sticky", "10.96.0.11", corev1.ServicePort{Name: "http", Port: 80})
 			s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
-			p.UpdateService(s)
-			p.UpdateSlice(slice("sticky", 8080, corev1.ProtocolTCP, ready("10.244.1.3", "node-1"), ready("10.244.3.3", "node-3")))
+			update(s)
+			updateSlice(slice("sticky", 8080, corev1.ProtocolTCP, ready("10.244.1.3", "node-1"), ready("10.244.3.3", "node-3")))
 		},
-		func() { p.UpdateSlice(slice("sticky", 8080, corev1.ProtocolTCP, ready("10.244.3.3", "node-3"))) },
-		func() { p.DeleteService(service("web", "10.96.0.10")) },
+		func() { updateSlice(slice("sticky", 8080, corev1.ProtocolTCP, ready("10.244.3.3", "node-3"))) },
+		func() { remove(service("web", "10.96.0.10")) },
 		func() {
-			p.DeleteService(np)
-			p.UpdateService(service("sticky", "10.96.0.11", corev1.ServicePort{Name: "http", Port: 81}))
+			remove(np)
+			update(service("sticky", "10.96.0.11", corev1.ServicePort{Name: "http", Port: 81}))
 		},
 	}
 	for i, step := range steps {
@@ -169,16 +174,12 @@ func TestPartialSyncEqualsFullSync(t *testing.T) {
 			t.Fatalf("step %d: %v", i, err)
 		}
 		fresh, freshFake, _ := newFakeProxier(t)
-		p.mu.Lock()
-		for _, s := range p.services {
+		for _, s := range services {
 			fresh.UpdateService(s)
 		}
-		for _, byName := range p.slices {
-			for _, s := range byName {
-				fresh.UpdateSlice(s)
-			}
+		for _, s := range slicesOf {
+			fresh.UpdateSlice(s)
 		}
-		p.mu.Unlock()
 		if err := fresh.Sync(context.Background()); err != nil {
 			t.Fatal(err)
 		}

@@ -78,6 +78,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -114,10 +115,10 @@ type Proxier struct {
 	runner  *runner.Runner
 
 	mu          sync.Mutex
-	services    map[types.NamespacedName]*corev1.Service
-	slices      map[types.NamespacedName][]*discoveryv1.EndpointSlice // per Service
-	triggers    map[types.NamespacedName]time.Time                    // per EndpointSlice: the oldest change not yet programmed
-	dirty       map[types.NamespacedName]bool                         // Services to recompute
+	services    map[types.NamespacedName]*serviceInfo
+	slices      map[types.NamespacedName][]*sliceInfo // per Service
+	triggers    map[types.NamespacedName]time.Time    // per EndpointSlice: the oldest change not yet programmed
+	dirty       map[types.NamespacedName]bool         // Services to recompute
 	zone        string
 	zoneChanged bool
 	needFull    bool // the last sync failed: rewrite the whole table
@@ -153,7 +154,7 @@ const (
 // New makes a Proxier over tables (the kernel's, nft.New, or nft.NewFake).
 func New(cfg Config, tables nft.Tables, ct Conntrack, log *slog.Logger) *Proxier {
 	p := &Proxier{cfg: cfg, nft: tables, ct: ct, log: log, metrics: NewMetrics(cfg.Family),
-		services: map[types.NamespacedName]*corev1.Service{}, slices: map[types.NamespacedName][]*discoveryv1.EndpointSlice{},
+		services: map[types.NamespacedName]*serviceInfo{}, slices: map[types.NamespacedName][]*sliceInfo{},
 		triggers: map[types.NamespacedName]time.Time{}, dirty: map[types.NamespacedName]bool{}, zone: cfg.NodeZone,
 		state: map[types.NamespacedName]*serviceState{}, eps: map[ServicePortName][]Endpoint{}, owners: newOwnership(),
 		health: newHealthServer(log, cfg.Family)}
@@ -175,15 +176,35 @@ func (p *Proxier) Run(ctx context.Context) {
 // Status is the sync loop's progress, for health checks.
 func (p *Proxier) Status() runner.Status { return p.runner.Status() }
 
+// serviceInfo is what the proxier keeps of a Service: its ports in the
+// proxier's family and what Events about it name. The proxier keeps no
+// API object: an object holds much the proxy never reads, and the
+// proxier's record of it is all flatnetd needs to keep (see the agent).
+type serviceInfo struct {
+	ports   []*ServicePort
+	created time.Time // for address ownership
+	uid     types.UID
+	version string // resourceVersion
+}
+
+// object is the Service as Events about it need it: what client-go's
+// recorder puts in the Event's reference.
+func (s *serviceInfo) object(key types.NamespacedName) *corev1.Service {
+	return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name, UID: s.uid,
+		ResourceVersion: s.version, CreationTimestamp: metav1.NewTime(s.created)}}
+}
+
 // UpdateService records the latest version of a Service.
 func (p *Proxier) UpdateService(svc *corev1.Service) {
 	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	info := &serviceInfo{ports: servicePorts(svc, p.cfg.Family), created: svc.CreationTimestamp.Time, uid: svc.UID,
+		version: svc.ResourceVersion}
 	p.mu.Lock()
 	if _, known := p.services[key]; !known && !clusterIPOf(svc, p.cfg.Family).IsValid() {
 		p.mu.Unlock()
 		return // of the other family (on a dual-stack node): nothing to program here
 	}
-	p.services[key] = svc
+	p.services[key] = info
 	p.dirty[key] = true
 	p.mu.Unlock()
 	p.runner.Poke()
@@ -215,11 +236,12 @@ func (p *Proxier) UpdateSlice(s *discoveryv1.EndpointSlice) {
 	if !ok || s.AddressType != addressType(p.cfg.Family) { // the other family's (immutable)
 		return
 	}
+	info := newSliceInfo(s, p.cfg.NodeName)
 	p.mu.Lock()
-	if i := slices.IndexFunc(p.slices[key], func(o *discoveryv1.EndpointSlice) bool { return o.Name == s.Name }); i >= 0 {
-		p.slices[key][i] = s
+	if i := slices.IndexFunc(p.slices[key], func(o *sliceInfo) bool { return o.name == s.Name }); i >= 0 {
+		p.slices[key][i] = info
 	} else {
-		p.slices[key] = append(p.slices[key], s)
+		p.slices[key] = append(p.slices[key], info)
 	}
 	if t, err := time.Parse(time.RFC3339Nano, s.Annotations[corev1.EndpointsLastChangeTriggerTime]); err == nil {
 		id := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
@@ -239,7 +261,7 @@ func (p *Proxier) DeleteSlice(s *discoveryv1.EndpointSlice) {
 		return
 	}
 	p.mu.Lock()
-	p.slices[key] = slices.DeleteFunc(p.slices[key], func(o *discoveryv1.EndpointSlice) bool { return o.Name == s.Name })
+	p.slices[key] = slices.DeleteFunc(p.slices[key], func(o *sliceInfo) bool { return o.name == s.Name })
 	if len(p.slices[key]) == 0 {
 		delete(p.slices, key)
 	}
@@ -296,7 +318,7 @@ func (p *Proxier) snapshot() (snapshot, []conflictEvent) {
 	for key := range s.dirty {
 		if st := p.state[key]; st != nil {
 			if ev := p.refilter(st); len(ev) > 0 {
-				events = append(events, conflictEvent{svc: p.services[key], conflicts: ev})
+				events = append(events, conflictEvent{svc: p.services[key].object(key), conflicts: ev})
 			}
 		}
 	}
@@ -324,8 +346,8 @@ func (p *Proxier) recompute(key types.NamespacedName) map[types.NamespacedName]b
 		delete(p.state, key)
 		return p.owners.set(key, time.Time{}, claimed, nil)
 	}
-	byPort := sliceEndpoints(p.slices[key], p.cfg.NodeName, p.cfg.Family)
-	st := &serviceState{eps: p.eps, claimed: servicePorts(svc, p.cfg.Family)}
+	byPort := mergeEndpoints(p.slices[key])
+	st := &serviceState{eps: p.eps, claimed: svc.ports}
 	if old != nil {
 		st.conflicts = old.conflicts
 	}
@@ -333,7 +355,7 @@ func (p *Proxier) recompute(key types.NamespacedName) map[types.NamespacedName]b
 		p.eps[sp.Name] = byPort[portKey{sp.Name.Port, sp.Name.Protocol}]
 	}
 	p.state[key] = st
-	return p.owners.set(key, svc.CreationTimestamp.Time, claimed, st.claimed)
+	return p.owners.set(key, svc.created, claimed, st.claimed)
 }
 
 // refilter applies address ownership to a Service's ports and returns its

@@ -6,25 +6,26 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// What the proxy reads of Services and EndpointSlices. An informer keeps
-// every object it watches for as long as it exists, and a Service or
+// What the proxy reads of Services and EndpointSlices. A Service or
 // EndpointSlice from the API server carries much the proxy never reads:
 // managed fields, labels, annotations (kubectl's last-applied
 // configuration is a copy of the whole object), selectors, endpoints'
-// target references. SlimService and SlimEndpointSlice are informer
-// transforms (cache.TransformFunc) that keep exactly what the proxier
-// reads, so the cache holds no more: an allow-list, so that a field the
-// API gains later is not kept by default. slim_test.go checks that the
-// proxier derives the same ports and endpoints from a slim object as from
-// the full one.
+// target references. SlimService and SlimEndpointSlice are transforms
+// (cache.TransformFunc) that keep exactly what the proxier reads: an
+// allow-list, so that a field the API gains later is not kept by default.
+// flatnetd keeps no object once the proxier has read it, but a reflector
+// holds every object of its first list until the list is complete, and
+// trims them with these. slim_test.go checks that the proxier derives the
+// same ports, endpoints and table from a slim object as from the full one.
 
 // SlimService returns what the proxier reads of a Service: its identity
-// (namespace, name, UID and resourceVersion, for Events on it; its
-// creation time, for address ownership), the spec fields that make its
-// ports and the load-balancer ingress IPs. Other objects pass unchanged.
-// The Service is trimmed in place: it is the informer's fresh copy, and a
-// new one would leave the heap's spans half empty (a copy of every object
-// allocated between objects that die).
+// (namespace, name, UID and resourceVersion: for Events on it, and a store
+// tells a change from a resync by the resourceVersion; its creation time,
+// for address ownership), the spec fields that make its ports and the
+// load-balancer ingress IPs. Other objects pass unchanged.
+// The Service is trimmed in place: it is the reflector's fresh copy, and
+// a new one would leave the heap's spans half empty (a copy of every
+// object allocated between objects that die).
 func SlimService(obj any) (any, error) {
 	svc, ok := obj.(*corev1.Service)
 	if !ok {
