@@ -7,6 +7,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/flatnet-io/flatnet/internal/nft"
@@ -14,7 +19,8 @@ import (
 	"github.com/flatnet-io/flatnet/internal/sysctl"
 )
 
-// startProxy wires the service proxy to Service and EndpointSlice informers
+// startProxy feeds the service proxy the Services and EndpointSlices of
+// the cluster, through reflectors that keep no copy of them (see feed),
 // and starts each family's proxier (its own runner) until ctx ends.
 func (a *Agent) startProxy(ctx context.Context, client *apiClient, zone string) error {
 	if err := enableBridgeNetfilter(); err != nil {
@@ -23,48 +29,13 @@ func (a *Agent) startProxy(ctx context.Context, client *apiClient, zone string) 
 	if err := a.newProxiers(zone); err != nil {
 		return err
 	}
-	all := func(f func(p *proxy.Proxier)) {
-		for _, p := range a.proxiers {
-			f(p)
-		}
+	svcs, eps := a.serviceFeed(), a.sliceFeed()
+	for _, r := range []*cache.Reflector{
+		reflector(client.core, "services", &corev1.Service{}, svcs),
+		reflector(client.discovery, "endpointslices", &discoveryv1.EndpointSlice{}, eps),
+	} {
+		go r.RunWithContext(ctx)
 	}
-	unwrap := func(obj any) any {
-		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			return d.Obj
-		}
-		return obj
-	}
-	// The informers keep only what the proxy reads of each object (see
-	// proxy.SlimService): at 10,000 Services their caches are most of
-	// flatnetd's memory.
-	svcs := informer(client.core, "services", &corev1.Service{})
-	_ = svcs.SetTransform(proxy.SlimService)
-	if _, err := svcs.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { all(func(p *proxy.Proxier) { p.UpdateService(o.(*corev1.Service)) }) },
-		UpdateFunc: func(_, o any) { all(func(p *proxy.Proxier) { p.UpdateService(o.(*corev1.Service)) }) },
-		DeleteFunc: func(o any) {
-			if s, ok := unwrap(o).(*corev1.Service); ok {
-				all(func(p *proxy.Proxier) { p.DeleteService(s) })
-			}
-		},
-	}); err != nil {
-		return err
-	}
-	eps := informer(client.discovery, "endpointslices", &discoveryv1.EndpointSlice{})
-	_ = eps.SetTransform(proxy.SlimEndpointSlice)
-	if _, err := eps.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { all(func(p *proxy.Proxier) { p.UpdateSlice(o.(*discoveryv1.EndpointSlice)) }) },
-		UpdateFunc: func(_, o any) { all(func(p *proxy.Proxier) { p.UpdateSlice(o.(*discoveryv1.EndpointSlice)) }) },
-		DeleteFunc: func(o any) {
-			if s, ok := unwrap(o).(*discoveryv1.EndpointSlice); ok {
-				all(func(p *proxy.Proxier) { p.DeleteSlice(s) })
-			}
-		},
-	}); err != nil {
-		return err
-	}
-	go svcs.RunWithContext(ctx)
-	go eps.RunWithContext(ctx)
 	if !cache.WaitForCacheSync(ctx.Done(), svcs.HasSynced, eps.HasSynced) {
 		return ctx.Err()
 	}
@@ -72,6 +43,68 @@ func (a *Agent) startProxy(ctx context.Context, client *apiClient, zone string) 
 		go p.Run(ctx)
 	}
 	return nil
+}
+
+// reflector lists and watches every object of resource (in every
+// namespace) through c into store.
+func reflector(c rest.Interface, resource string, obj runtime.Object, store cache.ReflectorStore) *cache.Reflector {
+	lw := cache.NewListWatchFromClient(c, resource, metav1.NamespaceAll, fields.Everything())
+	return cache.NewReflectorWithOptions(lw, obj, store, cache.ReflectorOptions{Name: resource})
+}
+
+// serviceFeed hands every Service to each proxier.
+func (a *Agent) serviceFeed() *feed {
+	return &feed{
+		transform: proxy.SlimService,
+		update: func(o any) {
+			for _, p := range a.proxiers {
+				p.UpdateService(o.(*corev1.Service))
+			}
+		},
+		remove: func(o any) {
+			for _, p := range a.proxiers {
+				p.DeleteService(o.(*corev1.Service))
+			}
+		},
+		entry: func(o any) (types.NamespacedName, feedEntry) {
+			return objectKey(o), feedEntry{version: objectVersion(o)}
+		},
+		tombstone: func(key types.NamespacedName, _ feedEntry) any {
+			return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
+		},
+		entries: map[types.NamespacedName]feedEntry{},
+	}
+}
+
+// sliceFeed hands every EndpointSlice to each proxier.
+func (a *Agent) sliceFeed() *feed {
+	return &feed{
+		transform: proxy.SlimEndpointSlice,
+		update: func(o any) {
+			for _, p := range a.proxiers {
+				p.UpdateSlice(o.(*discoveryv1.EndpointSlice))
+			}
+		},
+		remove: func(o any) {
+			for _, p := range a.proxiers {
+				p.DeleteSlice(o.(*discoveryv1.EndpointSlice))
+			}
+		},
+		entry: func(o any) (types.NamespacedName, feedEntry) {
+			s := o.(*discoveryv1.EndpointSlice)
+			owner, owned := s.Labels[discoveryv1.LabelServiceName]
+			return objectKey(o), feedEntry{version: s.ResourceVersion, owner: owner, owned: owned, family: string(s.AddressType)}
+		},
+		tombstone: func(key types.NamespacedName, e feedEntry) any {
+			s := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name},
+				AddressType: discoveryv1.AddressType(e.family)}
+			if e.owned {
+				s.Labels = map[string]string{discoveryv1.LabelServiceName: e.owner}
+			}
+			return s
+		},
+		entries: map[types.NamespacedName]feedEntry{},
+	}
 }
 
 // newProxiers makes one proxier per family of the cluster, as kube-proxy
