@@ -84,7 +84,7 @@ func run() int {
 	round := flag.Duration("round", 250*time.Millisecond, "length of one connection-rate round")
 	keep := flag.Bool("keep", false, "leave the lab up afterwards")
 	name := flag.String("name", "bench", "name of the lab the benchmark runs (and takes down)")
-	memoryOnly := flag.Bool("memory", false, "measure start->working, full sync and memory only (flatnet: RSS 3 s and 30 s after working, Go heap after a GC, a heap profile in the lab's state directory)")
+	memoryOnly := flag.Bool("memory", false, "measure start->working, full sync and memory only (flatnet: RSS 3 s, 30 s and 120 s after working, Go heap after a GC, a heap profile in the lab's state directory)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "the Service benchmark needs root (it runs a lab)")

@@ -17,20 +17,21 @@ import (
 const pprofAddr = "127.0.0.1:9467"
 
 // memory is what -memory measures of flatnetd once it works: its RSS 3 s
-// after (the table's RSS) and 30 s after (once the runtime has returned
-// what the start-up needed), then its Go heap after a GC and a heap
-// profile, in that order (the profile's GC changes the RSS).
+// after (the table's RSS), 30 s and 120 s after (the runtime returns what
+// the start-up needed over time, and the heap grows back to the goal the
+// live heap sets), then its Go heap after a GC and a heap profile, in that
+// order (the profile's GC changes the RSS).
 type memory struct {
-	rss3s, rss30s float64 // MiB
-	heapAlloc     float64 // MiB, after a GC: live objects
-	heapInuse     float64 // MiB, after a GC: live objects and their spans' free slots
-	heapSys       float64 // MiB, heap memory obtained from the OS, less what was released to it
-	profile       string  // heap profile written here
+	rss3s, rss30s, rss120s float64 // MiB
+	heapAlloc              float64 // MiB, after a GC: live objects
+	heapInuse              float64 // MiB, after a GC: live objects and their spans' free slots
+	heapSys                float64 // MiB, heap memory obtained from the OS, less what was released to it
+	profile                string  // heap profile written here
 }
 
 func (m memory) String() string {
-	return fmt.Sprintf("RSS %.0f MiB 3 s after working, %.0f MiB 30 s after; Go heap after a GC: live %.0f MiB, in use %.0f MiB, held from the OS %.0f MiB; heap profile %s",
-		m.rss3s, m.rss30s, m.heapAlloc, m.heapInuse, m.heapSys, m.profile)
+	return fmt.Sprintf("RSS %.0f MiB 3 s after working, %.0f MiB 30 s after, %.0f MiB 120 s after; Go heap after a GC: live %.0f MiB, in use %.0f MiB, held from the OS %.0f MiB; heap profile %s",
+		m.rss3s, m.rss30s, m.rss120s, m.heapAlloc, m.heapInuse, m.heapSys, m.profile)
 }
 
 // measureMemory fills m for flatnetd (pid), which serves pprof on
@@ -39,6 +40,8 @@ func measureMemory(nsPath string, pid int, rss3s float64, profile string) (memor
 	m := memory{rss3s: rss3s, profile: profile}
 	time.Sleep(27 * time.Second)
 	m.rss30s = rss(pid)
+	time.Sleep(90 * time.Second)
+	m.rss120s = rss(pid)
 	text, err := fetch(nsPath, pprofAddr, "/debug/pprof/heap?gc=1&debug=1")
 	if err != nil {
 		return m, err

@@ -118,7 +118,7 @@ func (a *Agent) newProxiers(zone string) error {
 			return fmt.Errorf("service proxy: %w", err)
 		}
 		cfg := proxy.Config{Family: fam, NodeName: a.o.NodeName, NodeZone: zone, ClusterCIDR: cidr,
-			MasqueradeAll: a.o.MasqueradeAll, Events: a.events}
+			MasqueradeAll: a.o.MasqueradeAll, Events: a.events, ReleaseMemory: true}
 		p := proxy.New(cfg, tables, proxy.KernelConntrack{Family: fam}, a.log.With("component", "proxy", "family", fam.String()))
 		p.Metrics().Register(a.registry)
 		a.proxiers = append(a.proxiers, p)

@@ -71,6 +71,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -96,6 +97,9 @@ type Config struct {
 	// Events, when set, receives a Warning Event for each Service that
 	// loses an address to another (see ownership.go).
 	Events EventRecorder
+	// ReleaseMemory returns the memory a full sync needed to the OS once
+	// it is done (see Sync).
+	ReleaseMemory bool
 }
 
 // EventRecorder is the part of client-go's record.EventRecorder the proxy
@@ -382,6 +386,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 			p.cfg.Events.Eventf(ev.svc, corev1.EventTypeWarning, "AddressConflict", "not programmed: %s", strings.Join(ev.conflicts, "; "))
 		}
 	}
+	lastFull := p.lastFull
 	err := p.sync(ctx, snap)
 	p.metrics.observeSync(time.Since(start), err)
 	if err != nil {
@@ -389,6 +394,16 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		return err
 	}
 	done := time.Now()
+	if p.cfg.ReleaseMemory && !p.lastFull.Equal(lastFull) {
+		// A full sync builds the whole table as one transaction: at
+		// 10,000 Services about 17 MiB of Go heap on top of the 28 MiB
+		// that stay, garbage once the kernel has the table. The runtime
+		// would keep that memory resident for a while (its goal for the
+		// heap is twice what was live during the sync, and the scavenger
+		// returns the rest at its own pace); full syncs are rare (start,
+		// failures, hourly), so it is returned at once.
+		debug.FreeOSMemory()
+	}
 	for _, t := range snap.triggers {
 		p.metrics.programmingLatency.Observe(done.Sub(t).Seconds())
 	}
