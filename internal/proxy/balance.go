@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -69,6 +70,11 @@ type sharedObject struct {
 // port for a NodePort) with eps[i], and returns the shared chain that picks
 // one of the len(eps) slots.
 func (b *portBuilder) slots(kind string, key []string, eps []Endpoint) string {
+	// What the port records, sized for it: an element per slot and the
+	// verdict's; a map and a chain per slot and the lb chain.
+	b.rec.elements = slices.Grow(b.rec.elements, len(eps)+1)
+	b.rec.shared = slices.Grow(b.rec.shared, 2*len(eps)+1)
+	b.rec.hairpin = slices.Grow(b.rec.hairpin, len(eps))
 	for i, e := range eps {
 		b.noteHairpin(e)
 		m := b.slot(kind == nodePortLB, i)
@@ -81,31 +87,40 @@ func (b *portBuilder) slots(kind string, key []string, eps []Endpoint) string {
 // slot makes sure endpoint map i and its slot chain exist and returns the
 // map.
 func (b *portBuilder) slot(nodePort bool, i int) string {
-	ip := b.cfg.Family.IP()
-	m, chain := endpointsMap+"-"+strconv.Itoa(i), slotChain(nodePort, i)
-	rule := []any{"dnat", ip, "to", ip, "daddr . meta l4proto . th dport map", "@" + m}
+	m, chain := sharedName(endpointsMap, i), sharedName(slotChainPrefix, i)
 	if nodePort {
-		m = nodePortEndpointsMap + "-" + strconv.Itoa(i)
-		rule = []any{"dnat", ip, "to meta l4proto . th dport map", "@" + m}
+		m, chain = sharedName(nodePortEndpointsMap, i), sharedName(nodePortSlotChainPrefix, i)
 	}
 	if b.use(m, tierMap) {
 		b.tx.Add(&knftables.Map{Name: m, Type: setType(b.cfg.Family, m)})
 	}
-	b.sharedChain(chain, tierSlot, rule)
+	b.chains[chain] = true
+	if b.use(chain, tierSlot) {
+		ip := b.cfg.Family.IP()
+		rule := []any{"dnat", ip, "to", ip, "daddr . meta l4proto . th dport map", "@" + m}
+		if nodePort {
+			rule = []any{"dnat", ip, "to meta l4proto . th dport map", "@" + m}
+		}
+		b.addShared(chain, tierSlot, rule)
+	}
 	return m
 }
 
 func slotChain(nodePort bool, i int) string {
 	if nodePort {
-		return "nodeport-slot-" + strconv.Itoa(i)
+		return sharedName(nodePortSlotChainPrefix, i)
 	}
-	return "slot-" + strconv.Itoa(i)
+	return sharedName(slotChainPrefix, i)
 }
 
 // lbShared makes sure chain kind-n exists: masquerade if kind says so, then
 // one of the n slots at random.
 func (b *portBuilder) lbShared(kind string, n int) string {
-	name := kind + "-" + strconv.Itoa(n)
+	name := sharedName(kind, n)
+	b.chains[name] = true
+	if !b.use(name, tierLB) {
+		return name
+	}
 	var rules [][]any
 	if kind != clusterLB {
 		rules = append(rules, []any{"jump", markMasqChain})
@@ -119,21 +134,46 @@ func (b *portBuilder) lbShared(kind string, n int) string {
 		}
 		rules = append(rules, []any{"numgen random mod", n, "vmap {", strings.Join(vmap, " , "), "}"})
 	}
-	b.sharedChain(name, tierLB, rules...)
+	b.addShared(name, tierLB, rules...)
 	return name
 }
 
-// sharedChain adds chain name with rules unless the table has it already.
-func (b *portBuilder) sharedChain(name string, tier int, rules ...[]any) {
-	b.chains[name] = true
-	if !b.use(name, tier) {
-		return
-	}
+// addShared adds shared chain name with rules (use said the table needs
+// it).
+func (b *portBuilder) addShared(name string, tier int, rules ...[]any) {
 	b.tx.Add(&knftables.Chain{Name: name})
 	for _, r := range rules {
 		b.tx.Add(&knftables.Rule{Chain: name, Rule: knftables.Concat(r...)})
 	}
 	b.shared[name] = sharedObject{tier: tier, rules: len(rules)}
+}
+
+// Prefixes of shared object names besides the maps': slot chains.
+const (
+	slotChainPrefix         = "slot"
+	nodePortSlotChainPrefix = "nodeport-slot"
+)
+
+// sharedNames holds the names of the shared objects of the first slots and
+// endpoint counts, made once: every Service port records those it uses
+// (portObjects.shared), and a name made per port was 10,000 strings per
+// slot at 10,000 Services.
+var sharedNames = func() map[string][]string {
+	out := map[string][]string{}
+	for _, prefix := range []string{endpointsMap, nodePortEndpointsMap, slotChainPrefix, nodePortSlotChainPrefix, clusterLB, masqLB, nodePortLB} {
+		for i := range 64 {
+			out[prefix] = append(out[prefix], prefix+"-"+strconv.Itoa(i))
+		}
+	}
+	return out
+}()
+
+// sharedName is the name of shared object prefix-i.
+func sharedName(prefix string, i int) string {
+	if names := sharedNames[prefix]; i < len(names) {
+		return names[i]
+	}
+	return prefix + "-" + strconv.Itoa(i)
 }
 
 // use counts the Service port being built as a user of shared object name

@@ -46,7 +46,15 @@ type ServicePort struct {
 }
 
 // Protocol is the nftables name of the port's protocol.
-func (sp *ServicePort) Protocol() string { return strings.ToLower(string(sp.Name.Protocol)) }
+func (sp *ServicePort) Protocol() string {
+	switch sp.Name.Protocol {
+	case corev1.ProtocolTCP:
+		return "tcp"
+	case corev1.ProtocolUDP:
+		return "udp"
+	}
+	return strings.ToLower(string(sp.Name.Protocol))
+}
 
 // HasExternal reports whether the port is reachable from outside the cluster.
 func (sp *ServicePort) HasExternal() bool { return sp.NodePort != 0 || len(sp.ExternalIPs) > 0 }

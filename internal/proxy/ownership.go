@@ -54,7 +54,7 @@ func (f frontend) String() string {
 // claim (allocated uniquely by the API server) comes before any external
 // one; among equals the oldest Service wins.
 type claimant struct {
-	port     ServicePortName
+	port     *ServicePortName // of the claiming ServicePort
 	external bool
 	created  time.Time
 }
@@ -129,7 +129,7 @@ func (o *ownership) set(key types.NamespacedName, created time.Time, old, ports 
 	for _, sp := range old {
 		for f := range claimsOf(sp) {
 			touch(f)
-			o.claims[f] = slices.DeleteFunc(o.claims[f], func(c claimant) bool { return c.port == sp.Name })
+			o.claims[f] = slices.DeleteFunc(o.claims[f], func(c claimant) bool { return *c.port == sp.Name })
 			if len(o.claims[f]) == 0 {
 				delete(o.claims, f)
 			}
@@ -143,7 +143,7 @@ func (o *ownership) set(key types.NamespacedName, created time.Time, old, ports 
 	}
 	for _, sp := range ports {
 		for f, external := range claimsOf(sp) {
-			c := claimant{port: sp.Name, external: external, created: created}
+			c := claimant{port: &sp.Name, external: external, created: created}
 			i, _ := slices.BinarySearchFunc(o.claims[f], c, claimant.compare)
 			o.claims[f] = slices.Insert(o.claims[f], i, c)
 			touch(f)
@@ -174,13 +174,14 @@ func removeFrom(m map[netip.Addr]map[types.NamespacedName]bool, a netip.Addr, ke
 // owns reports whether sp is the oldest claimant of f.
 func (o *ownership) owns(sp *ServicePort, f frontend) bool {
 	c := o.claims[f]
-	return len(c) > 0 && c[0].port == sp.Name
+	return len(c) > 0 && *c[0].port == sp.Name
 }
 
 // filter returns the ports of a Service as they are programmed: without
 // the frontends others own, and the conflicts that cost it. A port that
 // loses nothing is returned as it is (ports are never changed once made),
-// so the usual Service, which has no conflict, is not held twice.
+// and the usual Service, which has no conflict, gets its list back: it is
+// not held twice.
 func (o *ownership) filter(ports []*ServicePort) (out []*ServicePort, conflicts []string) {
 	for _, sp := range ports {
 		cip, ext, np := frontends(sp)
@@ -212,6 +213,9 @@ func (o *ownership) filter(ports []*ServicePort) (out []*ServicePort, conflicts 
 			keep.ExternalLocal, keep.HealthCheckPort = false, 0
 		}
 		out = append(out, &keep)
+	}
+	if len(conflicts) == 0 { // every port as it is: the same list
+		return ports, nil
 	}
 	return out, conflicts
 }

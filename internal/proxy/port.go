@@ -48,19 +48,20 @@ func (b *builder) servicePort(sp *ServicePort, eps []Endpoint) *portObjects {
 }
 
 func (b *portBuilder) buildPort(sp *ServicePort, eps []Endpoint) {
-	b.add(clusterIPsSet, &knftables.Element{Set: clusterIPsSet, Key: []string{sp.ClusterIP.String()}})
+	key := []string{sp.ClusterIP.String(), sp.Protocol(), strconv.Itoa(int(sp.Port))}
+	b.add(clusterIPsSet, &knftables.Element{Set: clusterIPsSet, Key: key[:1:1]})
 	all := usable(eps, false, b.cfg.NodeZone, sp.TrafficDistributed)
-	b.clusterIP(sp, eps, all)
+	b.clusterIP(sp, key, eps, all)
 	if sp.HasExternal() {
 		b.external(sp, all)
 	}
 }
 
-// clusterIP adds the ClusterIP's element: balanced over the usable
-// endpoints (the local ones with internal policy Local), dropped when
-// only other nodes have some, rejected when there are none.
-func (b *portBuilder) clusterIP(sp *ServicePort, eps, all []Endpoint) {
-	key := []string{sp.ClusterIP.String(), sp.Protocol(), strconv.Itoa(int(sp.Port))}
+// clusterIP adds the ClusterIP's elements, keyed by key (address .
+// protocol . port): balanced over the usable endpoints (the local ones
+// with internal policy Local), dropped when only other nodes have some,
+// rejected when there are none.
+func (b *portBuilder) clusterIP(sp *ServicePort, key []string, eps, all []Endpoint) {
 	cluster := all
 	if sp.InternalLocal {
 		cluster = usable(eps, true, "", false)
