@@ -23,17 +23,21 @@
 //     (--policy-revoke), and serves verdict metrics and the log of denied
 //     connections (/policy/log).
 //
-// Design notes: informer events only poke a runner (package runner: bounded
-// frequency, backoff on failure); each sync computes the whole desired state
-// from the informer cache and applies it, level triggered, and a periodic
-// resync repairs anything changed behind the agent's back. Node updates that
-// change nothing the agent uses (status heartbeats, conditions, images) do
-// not cause a sync. Each service proxy (one per family) runs its own runner;
-// the agent only wires informers to them. On exit nothing is flushed:
-// routes, rules and the conflist stay as they are until a new agent replaces
-// them, so a restart does not disturb established connections. With
-// --pod-cidr the agent runs without an API server and only installs the
-// conflist.
+// Design notes: Node informer events only poke a runner (package runner:
+// bounded frequency, backoff on failure); each sync computes the whole
+// desired state from the informer cache and applies it, level triggered,
+// and a periodic resync repairs anything changed behind the agent's back.
+// Node updates that change nothing the agent uses (status heartbeats,
+// conditions, images) do not cause a sync. Each service proxy (one per
+// family) runs its own runner; the agent only feeds it the Services and
+// EndpointSlices, through reflectors into a store that keeps no copy of
+// them (feed.go: the proxiers keep what they program of each, and an
+// informer's cache of every object was most of flatnetd's memory). The API
+// client knows core/v1, discovery/v1 and networking/v1 only (client.go).
+// On exit nothing is flushed: routes, rules and the conflist stay as they
+// are until a new agent replaces them, so a restart does not disturb
+// established connections. With --pod-cidr the agent runs without an API
+// server and only installs the conflist.
 //
 // Health (health.go): /healthz fails only when a sync loop stops making
 // progress; a node-sync error (a route the kernel refuses, a read-only

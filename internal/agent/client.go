@@ -129,13 +129,13 @@ func (s apiEventSink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error)
 // made (refused, unreachable, dial timeout: nothing was sent) and tries
 // again every interval until it can or the request's context ends.
 //
-// Why: client-go's informers back off exponentially after failed lists
-// and watches, up to 30 s jittered to 60 s, so after an outage of a minute
-// an informer may wait most of another minute before it lists again (seen
-// in the lab: a Service created 30 s after the API server returned was not
-// yet programmed). A request held here never fails, the informer never
-// backs off, and flatnetd catches up within an interval of the API
-// server's return. Requests with a body that cannot be replayed fail as
+// Why: client-go's reflectors (under informers too) back off
+// exponentially after failed lists and watches, up to 30 s jittered to
+// 60 s, so after an outage of a minute a reflector may wait most of
+// another minute before it lists again (seen in the lab: a Service created
+// 30 s after the API server returned was not yet programmed). A request
+// held here never fails, the reflector never backs off, and flatnetd
+// catches up within an interval of the API server's return. Requests with a body that cannot be replayed fail as
 // before.
 type redialing struct {
 	next     http.RoundTripper
