@@ -88,7 +88,7 @@ func (p *Proxier) fullSync(ctx context.Context, snap snapshot) error {
 	tx.Flush(&knftables.Set{Name: clusterIPsSet})
 	tx.Flush(&knftables.Set{Name: hairpinSet})
 	b.baseRules()
-	programmed := make(map[ServicePortName]*portObjects, len(p.programmed))
+	programmed := make(map[ServicePortName]*portObjects, max(len(p.programmed), len(snap.state)))
 	for _, st := range snap.state {
 		for _, sp := range st.ports {
 			programmed[sp.Name] = b.servicePort(sp, st.eps[sp.Name])
