@@ -91,18 +91,7 @@ func (f *lockedFake) Run(ctx context.Context, tx *nft.Tx) error {
 func isolated(f *lockedFake) []string { return f.keys("ingress-isolated") }
 
 // keys are the keys of a set's elements.
-func (f *lockedFake) keys(set string) []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []string
-	if s := f.Table.Sets[set]; s != nil {
-		for _, e := range s.Elements {
-			out = append(out, strings.Join(e.Key, " . "))
-		}
-	}
-	slices.Sort(out)
-	return out
-}
+func (f *lockedFake) keys(set string) []string { return f.Keys(set, false) }
 
 func eventually(t *testing.T, what string, f func() bool) {
 	t.Helper()

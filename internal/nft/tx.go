@@ -2,6 +2,9 @@ package nft
 
 import (
 	"context"
+	"slices"
+	"strings"
+	"sync"
 
 	"sigs.k8s.io/knftables"
 )
@@ -107,16 +110,41 @@ type Tables interface {
 // tests (Dump, Table). It accepts what the kernel refuses (a second value
 // for a map key, deleting a missing element), so whatever can fail in the
 // kernel is tested against New's.
-type Fake struct{ *knftables.Fake }
+type Fake struct {
+	*knftables.Fake
+	mu sync.Mutex // Run and Keys: a test reads while an engine's runner writes
+}
 
 // NewFake returns an empty Fake of table in family fam.
-func NewFake(fam Family, table string) *Fake { return &Fake{knftables.NewFake(fam.NFT(), table)} }
+func NewFake(fam Family, table string) *Fake { return &Fake{Fake: knftables.NewFake(fam.NFT(), table)} }
+
+// Keys lists the keys of a set's elements, fields joined by " . ", sorted;
+// with comments, each followed by " # " and its comment.
+func (f *Fake) Keys(set string, comments bool) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	if f.Table == nil || f.Table.Sets[set] == nil {
+		return nil
+	}
+	for _, e := range f.Table.Sets[set].Elements {
+		k := strings.Join(e.Key, " . ")
+		if comments && e.Comment != nil {
+			k += " # " + *e.Comment
+		}
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
 
 // NewTx implements Tables.
 func (f *Fake) NewTx() *Tx { return &Tx{fake: f.Fake.NewTransaction()} }
 
 // Run implements Tables.
 func (f *Fake) Run(ctx context.Context, tx *Tx) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if tx.fake == nil {
 		tx.fake = f.Fake.NewTransaction()
 		for _, op := range tx.ops {

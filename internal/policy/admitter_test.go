@@ -34,22 +34,7 @@ func (f *lockedFake) Run(ctx context.Context, tx *nft.Tx) error {
 }
 
 // elements lists a set's keys (with their comments).
-func (f *lockedFake) elements(set string) []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []string
-	if s := f.Table.Sets[set]; s != nil {
-		for _, e := range s.Elements {
-			k := strings.Join(e.Key, " . ")
-			if e.Comment != nil {
-				k += " # " + *e.Comment
-			}
-			out = append(out, k)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
+func (f *lockedFake) elements(set string) []string { return f.Keys(set, true) }
 
 // newcomer is pod x/n of node n1, just created: the API server has it,
 // with no address yet.

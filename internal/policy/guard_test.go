@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/netip"
 	"slices"
-	"strings"
 	"testing"
 
 	"sigs.k8s.io/knftables"
@@ -12,17 +11,6 @@ import (
 	"github.com/flatnet-io/flatnet/internal/nft"
 	"github.com/flatnet-io/flatnet/internal/policy"
 )
-
-func setKeys(f *nft.Fake, set string) []string {
-	var out []string
-	if s := f.Table.Sets[set]; s != nil {
-		for _, e := range s.Elements {
-			out = append(out, strings.Join(e.Key, " . "))
-		}
-	}
-	slices.Sort(out)
-	return out
-}
 
 // The anti-spoofing table holds each attachment's port and its addresses
 // per family, follows the record as it changes, is written whole in one
@@ -42,7 +30,7 @@ func TestGuardFollowsTheAttachments(t *testing.T) {
 	check := func(what string, ports, v4, v6 []string) {
 		t.Helper()
 		for set, want := range map[string][]string{"ports": ports, "sources-v4": v4, "sources-v6": v6} {
-			if got := setKeys(rec.Fake, set); !slices.Equal(got, want) {
+			if got := rec.Fake.Keys(set, false); !slices.Equal(got, want) {
 				t.Errorf("%s: %s holds %v, want %v", what, set, got, want)
 			}
 		}
