@@ -177,3 +177,14 @@ func elementLines(els []*knftables.Element) string {
 	slices.Sort(lines)
 	return strings.Join(lines, "\n")
 }
+
+// An empty transaction commits nothing and is no error.
+func TestEmptyTransaction(t *testing.T) {
+	netnstest.Run(t, "nfte", func() error {
+		tables, err := New(IPv4, "fn-test")
+		if err != nil {
+			return err
+		}
+		return tables.Run(context.Background(), tables.NewTx())
+	})
+}

@@ -42,6 +42,9 @@ func (k *kernel) NewTx() *Tx { return &Tx{} }
 
 // Run implements Tables: tx as one netlink batch.
 func (k *kernel) Run(_ context.Context, tx *Tx) error {
+	if len(tx.ops) == 0 {
+		return nil // an empty batch would get no answer to wait for
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	b := newBatch(k.fam, k.table, k.seq, len(tx.ops), k.setType)
