@@ -380,18 +380,10 @@ func (c *compiler) dnat() error {
 	if err := c.expect(c.fam.IP(), "to"); err != nil {
 		return err
 	}
-	sels, err := c.selectors()
+	m, err := c.mapLookup()
 	if err != nil {
 		return err
 	}
-	if err := c.expect("map"); err != nil {
-		return err
-	}
-	m, err := c.setRef()
-	if err != nil {
-		return err
-	}
-	c.load(sels)
 	c.emit(&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m})
 	reg := register(c.fam.addrLen() / 4) // the port follows the address
 	nat.RegProtoMin, nat.RegProtoMax = reg, reg
@@ -408,3 +400,20 @@ func parseUint32(s string) (uint32, error) {
 }
 
 func native32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
+
+// mapLookup reads "SELECTORS map @m", loads the selectors and returns m.
+func (c *compiler) mapLookup() (string, error) {
+	sels, err := c.selectors()
+	if err != nil {
+		return "", err
+	}
+	if err := c.expect("map"); err != nil {
+		return "", err
+	}
+	m, err := c.setRef()
+	if err != nil {
+		return "", err
+	}
+	c.load(sels)
+	return m, nil
+}

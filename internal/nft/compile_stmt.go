@@ -29,18 +29,10 @@ func (c *compiler) counter() error {
 		c.emit(&expr.Objref{Type: unix.NFT_OBJECT_COUNTER, Name: strings.Trim(name, `"`)})
 		return nil
 	}
-	sels, err := c.selectors()
+	m, err := c.mapLookup()
 	if err != nil {
 		return err
 	}
-	if err := c.expect("map"); err != nil {
-		return err
-	}
-	m, err := c.setRef()
-	if err != nil {
-		return err
-	}
-	c.load(sels)
 	c.out.exprs = append(c.out.exprs, &objrefMap{sreg: 1, set: m})
 	return nil
 }
