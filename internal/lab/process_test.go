@@ -87,7 +87,12 @@ func TestStartAfterExit(t *testing.T) {
 	c, first := startSleeper(t, l)
 	_ = syscall.Kill(-first[0], syscall.SIGKILL)
 	deadline := time.Now().Add(5 * time.Second)
-	for len(processesRunning(c.argv)) > 0 && time.Now().Before(deadline) {
+	// until the whole group is gone: its sleep child, reparented while it
+	// dies, still carries the component's mark
+	for time.Now().Before(deadline) {
+		if _, ok := NewProcesses(l).running(c.name); !ok && len(processesRunning(c.argv)) == 0 {
+			break
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err := NewProcesses(l).start(c); err != nil {
